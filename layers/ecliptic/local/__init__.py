@@ -1,0 +1,1 @@
+"""Local runtime, HTTP server and CLI. Never imported by deployed handlers."""

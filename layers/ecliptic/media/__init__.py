@@ -1,0 +1,1 @@
+"""Media tools: ffmpeg location and runs, probing, beat tracking, rendering."""

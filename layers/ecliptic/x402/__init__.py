@@ -1,0 +1,1 @@
+"""x402 payment guard: decoding, local verification, facilitator settlement."""
