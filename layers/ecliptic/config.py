@@ -49,6 +49,9 @@ class Settings(BaseModel):
 
     # Planning and rendering.
     output_fps: int = 30
+    output_max_side: int = Field(
+        default=1920, ge=64, description="scale the output frame down to fit this side (px)"
+    )
     max_duration_seconds: float = 180.0
     render_timeout_seconds: float = 840.0
     gemini_model: str = "gemini-2.5-flash"

@@ -1,0 +1,120 @@
+"""API function: `POST /montages`, `GET /jobs`, `GET /jobs/{jobId}` behind an HTTP API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, CORSConfig, Response
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from ecliptic.config import get_settings
+from ecliptic.errors import EclipticError, InvalidRequest, NotFound, PaymentRequired
+from ecliptic.ids import JOB_ID_PATTERN
+from ecliptic.jobs import JobStore
+from ecliptic.submission import submit_montage
+from ecliptic.views import job_view
+from ecliptic.x402.requirements import challenge
+from ecliptic.x402.response import CORS_EXPOSE_HEADERS
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+cors = CORSConfig(
+    allow_origin="*",
+    allow_headers=["Content-Type", "X-PAYMENT", "PAYMENT-SIGNATURE"],
+    expose_headers=CORS_EXPOSE_HEADERS,
+)
+app = APIGatewayHttpResolver(cors=cors)
+
+LIST_LIMIT_DEFAULT = 20
+LIST_LIMIT_MAX = 100
+
+
+def _resource_url() -> str:
+    event = app.current_event
+    proto = event.headers.get("x-forwarded-proto", "https")
+    return f"{proto}://{event.request_context.domain_name}{event.raw_path}"
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        status_code=status, content_type="application/json", body=body, headers=headers
+    )
+
+
+@app.post("/montages")
+@tracer.capture_method
+def create_montage() -> Response:
+    event = app.current_event
+    submission = submit_montage(event.decoded_body, event.headers, _resource_url())
+
+    job_id = submission.accepted.jobId
+    logger.append_keys(job_id=job_id)
+    if not submission.replayed:
+        metrics.add_metric(name="JobsSubmitted", unit=MetricUnit.Count, value=1)
+    logger.info("montage accepted", replayed=submission.replayed)
+    return _json(202, submission.accepted.model_dump(mode="json"), submission.headers)
+
+
+@app.get("/jobs/<job_id>")
+@tracer.capture_method
+def get_job(job_id: str) -> Response:
+    if not JOB_ID_PATTERN.match(job_id):
+        raise NotFound(f"No job has the id {job_id!r}; job ids look like job_… .", field="jobId")
+    job = JobStore().get_job(job_id)
+    if job is None:
+        raise NotFound(f"Job {job_id} does not exist.", field="jobId")
+    return _json(200, job_view(job))
+
+
+@app.get("/jobs")
+@tracer.capture_method
+def list_jobs() -> Response:
+    raw_limit = app.current_event.get_query_string_value("limit", str(LIST_LIMIT_DEFAULT))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= LIST_LIMIT_MAX:
+        raise InvalidRequest(
+            f"`limit` must be a whole number from 1 to {LIST_LIMIT_MAX}.", field="limit"
+        )
+    cursor = app.current_event.get_query_string_value("cursor")
+    jobs, next_cursor = JobStore().list_jobs(int(raw_limit), cursor)
+    body: dict[str, Any] = {"jobs": [job_view(job) for job in jobs]}
+    if next_cursor:
+        body["cursor"] = next_cursor
+    return _json(200, body)
+
+
+@app.exception_handler(PaymentRequired)
+def payment_required(error: PaymentRequired) -> Response:
+    metrics.add_metric(name="PaymentsRejected", unit=MetricUnit.Count, value=1)
+    logger.info("payment rejected", reason=error.code)
+    # x402 clients parse this body as the v1 challenge, where `error` must be a string, so
+    # the machine-readable reason goes in `reason` instead of the usual error object.
+    body, headers = challenge(get_settings(), _resource_url(), error.message)
+    body["reason"] = error.code
+    return _json(402, body, headers)
+
+
+@app.exception_handler(EclipticError)
+def ecliptic_error(error: EclipticError) -> Response:
+    if error.status >= 500:
+        logger.error("request failed", code=error.code, detail=str(error.detail))
+    else:
+        logger.info("request rejected", code=error.code, field=error.field)
+    return _json(error.status, error.to_body())
+
+
+@app.not_found
+def route_not_found(_: NotFoundError) -> Response:
+    path = app.current_event.raw_path
+    return _json(404, {"error": {"code": "route_not_found", "message": f"No route {path}."}})
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)
