@@ -169,12 +169,11 @@ def track_beats(samples: np.ndarray, sample_rate: int) -> BeatGrid:
     margin = round(0.1 * frame_rate)
     lo = max(0, start - margin)
     hi = min(envelope.size, stop + margin)
-    onset = _normalize(envelope[lo:hi])
+    onset = _normalize(envelope[lo:hi], frame_rate)
 
-    tempo = _estimate_tempo(onset, frame_rate)
-    periods = _local_periods(onset, frame_rate, 60.0 * frame_rate / tempo)
+    _, periods = _estimate_periods(onset, frame_rate)
     beat_frames = _track(onset, periods) + lo
-    beats = beat_frames / frame_rate
+    beats = beat_frames.astype(np.float64) / frame_rate
 
     # Keep beats inside the music; the tracker may put one just before the first onset.
     tolerance = 0.05
@@ -242,6 +241,9 @@ def _onset_envelopes(samples: np.ndarray, sample_rate: int, hop: int) -> tuple[n
     log_mel = 10.0 * np.log10(np.maximum(mel, 1e-10))
     log_mel = np.maximum(log_mel, log_mel.max() - 80.0)
     flux = np.maximum(0.0, np.diff(log_mel, axis=0, prepend=log_mel[:1]))
+    # Frames whose window reaches past the last sample see the cut to zero padding as a
+    # broadband click, not as music.
+    flux[max(0, frame_count - n_fft // (2 * hop)) :] = 0.0
 
     centres = _mel_centres(sample_rate)
     bass_bands = centres < 200.0
@@ -275,17 +277,18 @@ def _music_range(level_db: np.ndarray, frame_rate: float) -> tuple[int, int]:
     audible = np.flatnonzero(smooth_db > threshold)
     if audible.size == 0:
         return 0, 0
-    # `mode="same"` spreads a rise over half the window, so step back to the first frame
-    # that is itself above the threshold.
+    # Centred smoothing lifts the level up to half a window before the onset: start at
+    # the first frame that is itself above the threshold.
     first = int(audible[0])
-    while first + 1 < level_db.size and level_db[first] <= threshold and first < audible[0] + width:
-        first += 1
+    loud_frames = np.flatnonzero(level_db[first:] > threshold)
+    if loud_frames.size:
+        first += int(loud_frames[0])
     return first, int(audible[-1]) + 1
 
 
-def _normalize(envelope: np.ndarray) -> np.ndarray:
-    """Remove the slow trend (about 1 s moving average) and scale to unit deviation."""
-    width = 87
+def _normalize(envelope: np.ndarray, frame_rate: float) -> np.ndarray:
+    """Remove the slow trend (1 s moving average) and scale to unit deviation."""
+    width = round(frame_rate)
     if envelope.size > width:
         trend = np.convolve(envelope, np.ones(width) / width, mode="same")
         envelope = np.maximum(0.0, envelope - trend)
@@ -296,14 +299,27 @@ def _normalize(envelope: np.ndarray) -> np.ndarray:
 # ----- tempo ----------------------------------------------------------------------------
 
 
-def _autocorrelation(envelope: np.ndarray, max_lag: int) -> np.ndarray:
-    centred = envelope - envelope.mean()
-    size = 1 << int(np.ceil(np.log2(2 * centred.size)))
-    spectrum = np.fft.rfft(centred, size)
-    correlation = np.fft.irfft(spectrum.real**2 + spectrum.imag**2, size)[: max_lag + 1]
-    # Unbiased: each lag is summed over fewer products.
-    overlap = np.maximum(1, centred.size - np.arange(max_lag + 1))
-    return correlation / overlap
+def _tempogram(envelope: np.ndarray, frame_rate: float, max_lag: int) -> tuple[np.ndarray, ...]:
+    """Autocorrelation of overlapping windows of the onset envelope.
+
+    Returns the window centres (frames) and one row per window for lags 0..max_lag. Each
+    row is unbiased (divided by the number of overlapping products) and scaled so its lag
+    0 is 1, so quiet and loud passages weigh the same.
+    """
+    window = min(envelope.size, round(LOCAL_WINDOW_SECONDS * frame_rate))
+    step = round(LOCAL_HOP_SECONDS * frame_rate)
+    starts = np.arange(0, envelope.size - window + 1, step)
+    windows = np.lib.stride_tricks.sliding_window_view(envelope, window)[starts]
+    windows = windows - windows.mean(axis=1, keepdims=True)
+
+    size = 1 << int(np.ceil(np.log2(2 * window)))
+    spectrum = np.fft.rfft(windows, size, axis=1)
+    correlation = np.fft.irfft(spectrum.real**2 + spectrum.imag**2, size, axis=1)
+    correlation = correlation[:, : max_lag + 1]
+    correlation /= np.maximum(1, window - np.arange(max_lag + 1))
+    energy = correlation[:, :1]
+    correlation = np.divide(correlation, energy, out=np.zeros_like(correlation), where=energy > 0)
+    return starts + window / 2, correlation
 
 
 def _peak_lag(values: np.ndarray, lags: np.ndarray) -> float:
@@ -317,51 +333,44 @@ def _peak_lag(values: np.ndarray, lags: np.ndarray) -> float:
     return float(lags[best])
 
 
-def _estimate_tempo(envelope: np.ndarray, frame_rate: float) -> float:
-    """Global tempo in BPM: the autocorrelation peak weighted by a log-normal prior."""
+def _estimate_periods(envelope: np.ndarray, frame_rate: float) -> tuple[float, np.ndarray]:
+    """Return the global tempo (BPM) and the beat period (frames) at every frame.
+
+    The global tempo is the peak of the mean windowed autocorrelation, weighted by a
+    log-normal prior around 120 BPM. Each window then picks its own peak within
+    LOCAL_MAX_DEVIATION of the global period. The window estimates are median-filtered
+    over 5 windows and interpolated per frame, so a slow tempo ramp is followed.
+    """
     min_lag = int(np.floor(60.0 * frame_rate / TEMPO_MAX_BPM))
     max_lag = int(np.ceil(60.0 * frame_rate / TEMPO_MIN_BPM))
+    fallback = 60.0 * frame_rate / FALLBACK_BPM
     if envelope.size <= max_lag + 2:
-        return FALLBACK_BPM
-    correlation = _autocorrelation(envelope, max_lag + 1)
+        return FALLBACK_BPM, np.full(envelope.size, fallback)
+    centres, correlation = _tempogram(envelope, frame_rate, max_lag + 1)
+
     lags = np.arange(min_lag, max_lag + 1)
     bpm = 60.0 * frame_rate / lags
     prior = np.exp(-0.5 * (np.log2(bpm / TEMPO_PRIOR_BPM) / TEMPO_PRIOR_OCTAVES) ** 2)
-    weighted = np.maximum(correlation[lags], 0.0) * prior
+    weighted = np.maximum(correlation[:, lags].mean(axis=0), 0.0) * prior
     if not np.any(weighted > 0):
-        return FALLBACK_BPM
-    lag = _peak_lag(weighted, lags)
-    return float(np.clip(60.0 * frame_rate / lag, TEMPO_MIN_BPM, TEMPO_MAX_BPM))
-
-
-def _local_periods(envelope: np.ndarray, frame_rate: float, period: float) -> np.ndarray:
-    """Beat period in frames for every envelope frame, following slow tempo changes.
-
-    Each window's autocorrelation peak is searched within LOCAL_MAX_DEVIATION of the
-    global period. The window estimates are median-filtered and interpolated per frame.
-    """
-    count = envelope.size
-    window = round(LOCAL_WINDOW_SECONDS * frame_rate)
-    step = round(LOCAL_HOP_SECONDS * frame_rate)
-    if count < window + step:
-        return np.full(count, period)
+        return FALLBACK_BPM, np.full(envelope.size, fallback)
+    period = _peak_lag(weighted, lags)
+    tempo = float(np.clip(60.0 * frame_rate / period, TEMPO_MIN_BPM, TEMPO_MAX_BPM))
+    period = 60.0 * frame_rate / tempo
+    if centres.size < 2:
+        return tempo, np.full(envelope.size, period)
 
     lo = max(1, int(np.floor(period * (1 - LOCAL_MAX_DEVIATION))))
-    hi = int(np.ceil(period * (1 + LOCAL_MAX_DEVIATION)))
-    lags = np.arange(lo, hi + 1)
-    # A gentle preference for the global period keeps noisy windows near it.
-    prior = np.exp(-0.5 * (np.log(lags / period) / 0.05) ** 2)
-    centres: list[float] = []
-    estimates: list[float] = []
-    for first in range(0, count - window + 1, step):
-        segment = envelope[first : first + window]
-        correlation = _autocorrelation(segment, hi + 1)[lags]
-        weighted = np.maximum(correlation, 0.0) * prior
-        centres.append(first + window / 2)
-        estimates.append(_peak_lag(weighted, lags) if np.any(weighted > 0) else period)
-
+    hi = min(max_lag + 1, int(np.ceil(period * (1 + LOCAL_MAX_DEVIATION))))
+    near = np.arange(lo, hi + 1)
+    # A gentle preference for the global period keeps windows without a clear beat near it.
+    local_prior = np.exp(-0.5 * (np.log(near / period) / 0.05) ** 2)
+    estimates = []
+    for row in correlation[:, near]:
+        local = np.maximum(row, 0.0) * local_prior
+        estimates.append(_peak_lag(local, near) if np.any(local > 0) else period)
     smoothed = _median_filter(np.asarray(estimates), 5)
-    return np.interp(np.arange(count), np.asarray(centres), smoothed)
+    return tempo, np.interp(np.arange(envelope.size), centres, smoothed)
 
 
 def _median_filter(values: np.ndarray, width: int) -> np.ndarray:
@@ -377,7 +386,7 @@ def _median_filter(values: np.ndarray, width: int) -> np.ndarray:
 def _track(envelope: np.ndarray, periods: np.ndarray) -> np.ndarray:
     """Dynamic-programming beat tracker (Ellis 2007) with a per-frame beat period.
 
-    Returns beat positions in frames (float, refined to the envelope peak).
+    Returns beat positions in frames.
     """
     count = envelope.size
     # Smooth the onsets with a Gaussian about 1/32 of a period wide, as Ellis does.
@@ -386,26 +395,33 @@ def _track(envelope: np.ndarray, periods: np.ndarray) -> np.ndarray:
     kernel = np.exp(-0.5 * (np.arange(-half, half + 1) * 32.0 / mean_period) ** 2)
     local = np.convolve(envelope, kernel, mode="same")
 
+    # Penalty for each candidate distance back to the previous beat, from 2 periods
+    # down to half a period, cached per period (rounded to 1/100 frame).
+    penalties: dict[float, np.ndarray] = {}
+    rounded = np.round(periods, 2)
+
     score = np.zeros(count)
     backlink = np.full(count, -1, dtype=np.int64)
-    started = False
-    threshold = 0.01 * float(local.max()) if count else 0.0
     for frame in range(count):
-        period = periods[frame]
-        earliest = frame - round(2 * period)
+        period = float(rounded[frame])
+        penalty = penalties.get(period)
+        if penalty is None:
+            distances = np.arange(round(2 * period), round(period / 2) - 1, -1)
+            penalty = -TIGHTNESS * np.log(distances / period) ** 2
+            penalties[period] = penalty
         latest = frame - round(period / 2)
         best_score = 0.0
-        if latest >= 0 and started:
-            earliest = max(earliest, 0)
-            previous = np.arange(earliest, latest + 1)
-            penalty = -TIGHTNESS * np.log((frame - previous) / period) ** 2
-            candidates = score[earliest : latest + 1] + penalty
-            best = int(np.argmax(candidates))
-            best_score = float(candidates[best])
-            backlink[frame] = earliest + best
+        if latest >= 0:
+            earliest = latest - penalty.size + 1
+            skip = max(0, -earliest)
+            candidates = score[earliest + skip : latest + 1] + penalty[skip:]
+            best = int(candidates.argmax())
+            # A chain whose best link costs more than it earned starts afresh here, so
+            # the first beat of the music is not tied to noise before it.
+            if candidates[best] > 0:
+                best_score = float(candidates[best])
+                backlink[frame] = earliest + skip + best
         score[frame] = local[frame] + best_score
-        if not started and local[frame] >= threshold:
-            started = True
 
     last = _last_beat(score, periods)
     frames: list[int] = []
@@ -413,21 +429,35 @@ def _track(envelope: np.ndarray, periods: np.ndarray) -> np.ndarray:
         frames.append(last)
         last = int(backlink[last])
     frames.reverse()
-    return np.asarray(frames, dtype=np.float64)
+    return _trim_weak_ends(np.asarray(frames, dtype=np.int64), local)
+
+
+def _trim_weak_ends(frames: np.ndarray, local: np.ndarray) -> np.ndarray:
+    """Drop leading and trailing beats with a weak onset (under 25 % of the median).
+
+    The dynamic program extends a chain over silence at no cost, so without this the grid
+    would run a beat or two past the end of the music.
+    """
+    if frames.size < 3:
+        return frames
+    strength = local[frames]
+    floor = 0.25 * float(np.median(strength))
+    strong = np.flatnonzero(strength >= floor)
+    if strong.size < 2:
+        return frames
+    return frames[strong[0] : strong[-1] + 1]
 
 
 def _last_beat(score: np.ndarray, periods: np.ndarray) -> int:
-    """The last local maximum of the cumulative score that is not a weak tail."""
-    if score.size < 3:
-        return int(np.argmax(score)) if score.size else -1
-    peaks = np.flatnonzero((score[1:-1] > score[:-2]) & (score[1:-1] >= score[2:])) + 1
-    if peaks.size == 0:
-        return int(np.argmax(score))
-    # Only the last period matters: take its strongest peak.
-    tail = peaks[peaks >= score.size - 1 - round(periods[-1])]
-    if tail.size == 0:
-        tail = peaks[-1:]
-    return int(tail[np.argmax(score[tail])])
+    """Frame of the highest cumulative score within the last two beat periods.
+
+    Two periods, not one, so a final on-beat hit just before the end is preferred over an
+    off-beat sound in the fading tail.
+    """
+    if score.size == 0:
+        return -1
+    first = max(0, score.size - round(2 * float(periods[-1])))
+    return first + int(np.argmax(score[first:]))
 
 
 def _fallback_beats(start: float, stop: float) -> np.ndarray:

@@ -110,8 +110,7 @@ def verify_payment(
         if payment_v1.network != network.v1_name:
             raise _reject(
                 "wrong_network",
-                f"The payment is for network {payment_v1.network!r}; "
-                f"pay on {network.v1_name!r}.",
+                f"The payment is for network {payment_v1.network!r}; pay on {network.v1_name!r}.",
             )
         requirements = payment_requirements_v1(settings, resource_url or "")
         scheme_payload = payment_v1.payload
@@ -162,9 +161,7 @@ def verify_payment(
 
 def _decode_payment_header(headers: Mapping[str, str]) -> tuple[str, Literal[1, 2], dict]:
     # Return the header name, its x402 version and the decoded JSON object.
-    present = {
-        name.lower(): value for name, value in headers.items() if value is not None
-    }
+    present = {name.lower(): value for name, value in headers.items() if value is not None}
     v1_value = present.get(V1_HEADER.lower())
     v2_value = present.get(V2_HEADER.lower())
     if v1_value is None and v2_value is None:

@@ -1,0 +1,339 @@
+"""Settlement of verified payments through an x402 facilitator.
+
+`HttpFacilitator` calls a facilitator's `POST /verify`, then `POST /settle`. Failures map
+to our errors so that the API never answers an unknown settlement outcome with a fresh
+402, which would make the client sign and pay a second time:
+
+- the facilitator rejects the payment (`isValid: false`, `success: false`):
+  `PaymentRequired` with the facilitator's reason as `code`;
+- nothing was settled (verify fails, a settle request never connects, a 4xx without a
+  reason): `ServiceUnavailable`;
+- the outcome is unknown or not final (`settlement_pending`, a settle request that timed
+  out after it was sent, a 5xx without a reason): `PaymentPending`. Retrying with the
+  same payment is safe because the token contract accepts each nonce once.
+
+`OfflineFacilitator` exists for local runs and moves no funds.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+
+from pydantic import BaseModel, ValidationError
+
+from ecliptic.errors import PaymentPending, PaymentRequired, ServiceUnavailable
+from ecliptic.x402.eip712 import keccak256
+from ecliptic.x402.messages import FacilitatorSettleResponse, FacilitatorVerifyResponse
+
+if TYPE_CHECKING:
+    import requests
+
+    from ecliptic.config import Settings
+    from ecliptic.x402.verify import VerifiedPayment
+
+logger = logging.getLogger(__name__)
+
+# Read timeout of each facilitator request, in seconds. A Base block takes about 2 s and
+# the facilitator waits for the settle transaction's receipt before it responds.
+DEFAULT_TIMEOUT_SECONDS = 10.0
+CONNECT_TIMEOUT_SECONDS = 3.05
+
+SETTLEMENT_PENDING = "settlement_pending"
+# The code used when a facilitator rejects a payment without a usable reason.
+FACILITATOR_REJECTED = "payment_rejected"
+_REASON_CODE = re.compile(r"[a-z0-9_]{1,64}")
+
+# Receives the HTTP method and full URL of a request and returns headers to add, e.g.
+# `{"Authorization": "Bearer <JWT>"}`. It runs once per request, because Coinbase CDP
+# JWTs name the method and URL they are valid for and expire after two minutes.
+AuthHeaderProvider = Callable[[str, str], Mapping[str, str]]
+
+
+class Settlement(BaseModel):
+    """The result of a successful settlement, as recorded on the job."""
+
+    success: bool
+    transaction: str
+    network: str
+    payer: str
+    amount: str
+    errorReason: str | None = None  # noqa: N815 (wire name)
+
+
+@runtime_checkable
+class Facilitator(Protocol):
+    """Something that settles verified payments."""
+
+    def settle(self, payment: VerifiedPayment) -> Settlement:
+        """Settle `payment` and return the settlement, or raise.
+
+        Raises
+        ------
+        PaymentRequired
+            The payment was rejected; `code` says why.
+        PaymentPending
+            Settlement was sent but is not confirmed.
+        ServiceUnavailable
+            The facilitator could not be used; nothing was settled.
+        """
+        ...
+
+
+class OfflineFacilitator:
+    """A facilitator for local runs that checks nothing further and broadcasts nothing.
+
+    The transaction is `0x` + keccak256(payer address bytes || nonce bytes), which is
+    stable for a payment but names no real transaction, and the network is the payment's
+    network prefixed with `offline:` (e.g. `offline:eip155:8453`), so a recorded payment
+    shows that it was never settled. Never deploy with it: every locally valid signature,
+    including one from an empty throwaway wallet, passes.
+    """
+
+    def settle(self, payment: VerifiedPayment) -> Settlement:
+        """Return a successful settlement without any network call."""
+        logger.warning(
+            "Offline facilitator: payment of %s from %s was not broadcast; no funds moved",
+            payment.value,
+            payment.payer,
+        )
+        digest = keccak256(bytes.fromhex(payment.payer[2:]) + bytes.fromhex(payment.nonce[2:]))
+        return Settlement(
+            success=True,
+            transaction="0x" + digest.hex(),
+            network=f"offline:{payment.network}",
+            payer=payment.payer,
+            amount=payment.value,
+        )
+
+
+class HttpFacilitator:
+    """A facilitator reached over HTTP (`POST {url}/verify`, then `POST {url}/settle`).
+
+    Parameters
+    ----------
+    url
+        Base URL without the endpoint, e.g. `https://api.cdp.coinbase.com/platform/v2/x402`.
+    auth_header_provider
+        Returns authentication headers per request; None for a facilitator without auth.
+    timeout
+        Read timeout of each request, in seconds. The connect timeout is the smaller of
+        this and 3.05 s.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        auth_header_provider: AuthHeaderProvider | None = None,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    ) -> None:
+        import requests
+
+        self.url = url.rstrip("/")
+        self._auth_header_provider = auth_header_provider
+        self._timeout = (min(CONNECT_TIMEOUT_SECONDS, timeout), timeout)
+        self._session = requests.Session()
+
+    def settle(self, payment: VerifiedPayment) -> Settlement:
+        """Verify, then settle `payment` with the facilitator.
+
+        Raises
+        ------
+        PaymentRequired
+            The facilitator rejected the payment; `code` is its reason.
+        PaymentPending
+            The settle call answered `settlement_pending`, or its outcome is unknown.
+        ServiceUnavailable
+            The facilitator failed before settlement started.
+        """
+        body = {
+            "x402Version": payment.version,
+            "paymentPayload": payment.payload,
+            "paymentRequirements": payment.requirements,
+        }
+
+        self._verify(payment, body)
+
+        return self._settle(payment, body)
+
+    def _verify(self, payment: VerifiedPayment, body: dict[str, Any]) -> None:
+        import requests
+
+        try:
+            response = self._post("verify", body)
+        except requests.RequestException as exc:
+            logger.error("Facilitator verify failed for payer %s: %s", payment.payer, exc)
+            raise ServiceUnavailable(
+                "The payment facilitator did not respond; retry the request with the same payment.",
+                detail={"stage": "verify"},
+            ) from exc
+
+        data = _json_object(response)
+        parsed = _parse(FacilitatorVerifyResponse, data)
+        if parsed is not None and not parsed.isValid:
+            reason = _reason_code(parsed.invalidReason)
+            logger.warning(
+                "Facilitator rejected payment from %s at verify: %s (HTTP %s)",
+                payment.payer,
+                reason,
+                response.status_code,
+            )
+            raise PaymentRequired(
+                f"The payment facilitator rejected the payment ({reason}).",
+                code=reason,
+                detail={"stage": "verify", "message": parsed.invalidMessage},
+            )
+        if response.status_code != 200 or parsed is None:
+            logger.error(
+                "Facilitator verify returned HTTP %s without a usable body",
+                response.status_code,
+            )
+            raise ServiceUnavailable(
+                "The payment facilitator failed; retry the request with the same payment.",
+                detail={"stage": "verify", "status": response.status_code},
+            )
+        if parsed.payer and parsed.payer.lower() != payment.payer:
+            logger.warning(
+                "Facilitator verify names payer %s, local recovery gave %s",
+                parsed.payer,
+                payment.payer,
+            )
+
+    def _settle(self, payment: VerifiedPayment, body: dict[str, Any]) -> Settlement:
+        import requests
+
+        try:
+            response = self._post("settle", body)
+        except requests.ConnectTimeout as exc:
+            # No connection, so the facilitator never saw the request.
+            logger.error("Facilitator settle could not connect: %s", exc)
+            raise ServiceUnavailable(
+                "The payment facilitator did not respond; retry the request with the same payment.",
+                detail={"stage": "settle"},
+            ) from exc
+        except requests.RequestException as exc:
+            # The request may have reached the facilitator, which may have broadcast it.
+            logger.error(
+                "Facilitator settle outcome unknown for payer %s nonce %s: %s",
+                payment.payer,
+                payment.nonce,
+                exc,
+            )
+            raise PaymentPending(
+                "Settlement of the payment is not confirmed yet; retry the request with the "
+                "same payment.",
+                detail={"stage": "settle", "outcome": "unknown"},
+            ) from exc
+
+        data = _json_object(response)
+        parsed = _parse(FacilitatorSettleResponse, data)
+        if parsed is not None and parsed.errorReason == SETTLEMENT_PENDING:
+            logger.warning(
+                "Facilitator settlement pending for payer %s nonce %s, transaction %s",
+                payment.payer,
+                payment.nonce,
+                parsed.transaction or "unknown",
+            )
+            raise PaymentPending(
+                "Settlement of the payment is pending; retry the request with the same payment.",
+                detail={"stage": "settle", "transaction": parsed.transaction or None},
+            )
+        if parsed is not None and not parsed.success:
+            reason = _reason_code(parsed.errorReason)
+            logger.warning(
+                "Facilitator rejected payment from %s at settle: %s (HTTP %s)",
+                payment.payer,
+                reason,
+                response.status_code,
+            )
+            raise PaymentRequired(
+                f"The payment facilitator could not settle the payment ({reason}).",
+                code=reason,
+                detail={"stage": "settle", "message": parsed.errorMessage},
+            )
+        if response.status_code != 200 or parsed is None or not parsed.transaction:
+            logger.error(
+                "Facilitator settle returned HTTP %s without a usable body for payer %s nonce %s",
+                response.status_code,
+                payment.payer,
+                payment.nonce,
+            )
+            if 400 <= response.status_code < 500:
+                # The facilitator refused the request itself (e.g. authentication).
+                raise ServiceUnavailable(
+                    "The payment facilitator refused the request; retry later.",
+                    detail={"stage": "settle", "status": response.status_code},
+                )
+            raise PaymentPending(
+                "Settlement of the payment is not confirmed; retry the request with the "
+                "same payment.",
+                detail={"stage": "settle", "status": response.status_code, "outcome": "unknown"},
+            )
+
+        payer = (parsed.payer or payment.payer).lower()
+        logger.info(
+            "Payment settled: payer %s, transaction %s on %s",
+            payer,
+            parsed.transaction,
+            parsed.network or payment.network,
+        )
+        return Settlement(
+            success=True,
+            transaction=parsed.transaction,
+            network=parsed.network or payment.network,
+            payer=payer,
+            amount=parsed.amount or payment.value,
+        )
+
+    def _post(self, endpoint: str, body: dict[str, Any]) -> requests.Response:
+        url = f"{self.url}/{endpoint}"
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self._auth_header_provider is not None:
+            headers.update(self._auth_header_provider("POST", url))
+        return self._session.post(
+            url, json=body, headers=headers, timeout=self._timeout, allow_redirects=False
+        )
+
+
+def facilitator_from_settings(
+    settings: Settings, *, auth_header_provider: AuthHeaderProvider | None = None
+) -> Facilitator:
+    """Return the offline facilitator when `settings.facilitator_mode` is `offline`, else HTTP.
+
+    NOTE: the settings hold no facilitator credentials yet; a facilitator that needs
+    authentication (Coinbase CDP) needs `auth_header_provider`.
+    """
+    if settings.facilitator_mode == "offline":
+        logger.warning("Using the offline facilitator: payments are checked but not settled")
+        return OfflineFacilitator()
+    return HttpFacilitator(settings.facilitator_url, auth_header_provider)
+
+
+def _json_object(response: requests.Response) -> dict[str, Any] | None:
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+_Parsed = TypeVar("_Parsed", FacilitatorVerifyResponse, FacilitatorSettleResponse)
+
+
+def _parse(model: type[_Parsed], data: dict[str, Any] | None) -> _Parsed | None:
+    if data is None:
+        return None
+    try:
+        return model.model_validate(data)
+    except ValidationError:
+        return None
+
+
+def _reason_code(reason: str | None) -> str:
+    # Pass on the facilitator's snake_case reason; anything else becomes a generic code
+    # so that no facilitator text reaches a response unchecked.
+    if reason and _REASON_CODE.fullmatch(reason):
+        return reason
+    return FACILITATOR_REJECTED
