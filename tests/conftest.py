@@ -23,6 +23,12 @@ def corpus_file(name: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def corpus():
+    """The `corpus_file` lookup, as a fixture for test modules."""
+    return corpus_file
+
+
 def _ffmpeg(*args: str) -> None:
     subprocess.run(
         [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args],

@@ -12,9 +12,7 @@ from ecliptic.media.probe import probe_media
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "media-corpus"
 
-needs_corpus = pytest.mark.skipif(
-    not CORPUS.is_dir(), reason=f"media corpus not found at {CORPUS}"
-)
+needs_corpus = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"media corpus not found at {CORPUS}")
 
 # file, display (width, height) or None, rotation, has_video, has_audio, video_index
 CASES = [

@@ -10,8 +10,6 @@ import requests
 from ecliptic.local.cli import run_montage, submit_paid, wait_for_job
 from ecliptic.media.probe import probe_media
 
-from .conftest import corpus_file
-
 pytestmark = pytest.mark.slow
 
 
@@ -109,13 +107,13 @@ def test_failing_step_marks_job_failed(stack, media_server, small_media, audio_k
 
 
 @pytest.mark.corpus
-def test_corpus_montage_matches_plan(tmp_path: Path):
+def test_corpus_montage_matches_plan(tmp_path: Path, corpus):
     """The README's corpus example: a real song and three awkward real clips."""
-    song = corpus_file("song-outfoxing-the-fox-97s-id3.mp3")
+    song = corpus("song-outfoxing-the-fox-97s-id3.mp3")
     clips = [
-        corpus_file("flower-vp8-vorbis-29.97fps.webm"),
-        corpus_file("friday-audio-stream-first-30fps.mp4"),
-        corpus_file("gopro-max-848x480-3datastreams.mp4"),
+        corpus("flower-vp8-vorbis-29.97fps.webm"),
+        corpus("friday-audio-stream-first-30fps.mp4"),
+        corpus("gopro-max-848x480-3datastreams.mp4"),
     ]
     out = tmp_path / "corpus-montage.mp4"
 

@@ -222,8 +222,12 @@ def test_encode_json_header_round_trip() -> None:
     """encode_json_header writes standard padded base64 that decodes to the same object."""
     value = {"success": True, "note": "é?>"}
     encoded = encode_json_header(value)
-    assert encoded == base64.b64encode(json.dumps(value, separators=(",", ":"),
-                                                  ensure_ascii=False).encode()).decode()
+    assert (
+        encoded
+        == base64.b64encode(
+            json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        ).decode()
+    )
     assert decode_json_header(encoded) == value
 
 
@@ -531,9 +535,7 @@ REJECTED_CASES = [
         id="not-yet-valid",
     ),
     pytest.param(
-        lambda: _headers(
-            1, signed={"validAfter": str(NOW + 20), "validBefore": str(NOW + 10)}
-        ),
+        lambda: _headers(1, signed={"validAfter": str(NOW + 20), "validBefore": str(NOW + 10)}),
         "not_yet_valid",
         id="valid-after-past-valid-before",
     ),
@@ -590,6 +592,12 @@ REJECTED_CASES = [
         lambda: _headers(1, signature=lambda sig: "0x" + "00" * 64 + sig[-2:]),
         "invalid_signature",
         id="zero-r-s",
+    ),
+    pytest.param(
+        # No curve point has x = 5, so no public key recovers.
+        lambda: _headers(1, signature=lambda sig: "0x" + f"{5:064x}" + f"{1:064x}" + "1b"),
+        "invalid_signature",
+        id="r-not-on-curve",
     ),
 ]
 
@@ -692,7 +700,7 @@ def test_unsupported_network_rejected() -> None:
 @pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("source", ["body", "payment-required"])
 def test_payer_pays_challenge(version: int, source: str) -> None:
-    """LocalPayer answers either form of our challenge with a payment that verifies."""
+    """LocalPayer pays either form of our challenge with a payment that verifies."""
     body, headers = challenge(SETTINGS, RESOURCE_URL, "payment required")
     terms = body if source == "body" else decode_json_header(headers["PAYMENT-REQUIRED"])
 
@@ -702,11 +710,11 @@ def test_payer_pays_challenge(version: int, source: str) -> None:
     verified = verify({name: value})
     assert verified.valid_after == NOW - 600
     if version == 2:
-        assert verified.payload["resource"] == {
-            "url": RESOURCE_URL,
-            **({"description": body["accepts"][0]["description"],
-                "mimeType": "application/json"} if source == "payment-required" else {}),
-        }
+        # The v1 body only has the URL. The v2 challenge's resource is copied whole.
+        expected_resource = {"url": RESOURCE_URL}
+        if source == "payment-required":
+            expected_resource = decode_json_header(headers["PAYMENT-REQUIRED"])["resource"]
+        assert verified.payload["resource"] == expected_resource
 
 
 def test_payer_uses_fresh_nonces() -> None:
@@ -731,7 +739,10 @@ def test_random_payer_key() -> None:
 def test_payment_response_header(version: int, expected_name: str) -> None:
     """The result header has the version's name and carries the settlement fields."""
     settlement = Settlement(
-        success=True, transaction="0x" + "ab" * 32, network="base", payer=PAYER.address,
+        success=True,
+        transaction="0x" + "ab" * 32,
+        network="base",
+        payer=PAYER.address,
         amount=PRICE,
     )
     name, value = payment_response_header(version, settlement)  # type: ignore[arg-type]
@@ -833,7 +844,7 @@ def fake_facilitator() -> Iterator[FakeFacilitator]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     state = FakeFacilitator(f"http://127.0.0.1:{server.server_address[1]}/platform/v2/x402")
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield state
@@ -847,8 +858,13 @@ VERIFY_OK = (200, {"isValid": True, "payer": PAYER.address}, 0.0)
 TRANSACTION = "0x" + "cd" * 32
 SETTLE_OK = (
     200,
-    {"success": True, "transaction": TRANSACTION, "network": "eip155:8453",
-     "payer": PAYER.address, "amount": PRICE},
+    {
+        "success": True,
+        "transaction": TRANSACTION,
+        "network": "eip155:8453",
+        "payer": PAYER.address,
+        "amount": PRICE,
+    },
     0.0,
 )
 
@@ -868,7 +884,10 @@ def test_http_facilitator_settles(
     settlement = facilitator.settle(verified_payment)
 
     assert settlement == Settlement(
-        success=True, transaction=TRANSACTION, network="eip155:8453", payer=PAYER.address,
+        success=True,
+        transaction=TRANSACTION,
+        network="eip155:8453",
+        payer=PAYER.address,
         amount=PRICE,
     )
     paths = [path for path, _, _ in fake_facilitator.requests]
@@ -887,7 +906,19 @@ def test_http_facilitator_settles(
         }
 
 
+def settle_failure(status: int, reason: str, transaction: str = "") -> tuple[int, Any, float]:
+    """Return a fake /settle route that responds `success: false` with `reason`."""
+    body = {
+        "success": False,
+        "errorReason": reason,
+        "transaction": transaction,
+        "network": "eip155:8453",
+    }
+    return status, body, 0.0
+
+
 FACILITATOR_FAILURES = [
+    # Routes, expected error class and code, number of requests the facilitator receives.
     pytest.param(
         {"verify": (200, {"isValid": False, "invalidReason": "insufficient_funds"}, 0.0)},
         PaymentRequired, "insufficient_funds", 1,
@@ -920,23 +951,17 @@ FACILITATOR_FAILURES = [
         id="verify-timeout",
     ),
     pytest.param(
-        {"verify": VERIFY_OK,
-         "settle": (200, {"success": False, "errorReason": "invalid_transaction_state",
-                          "transaction": "", "network": "eip155:8453"}, 0.0)},
+        {"verify": VERIFY_OK, "settle": settle_failure(200, "invalid_transaction_state")},
         PaymentRequired, "invalid_transaction_state", 2,
         id="settle-success-false",
     ),
     pytest.param(
-        {"verify": VERIFY_OK,
-         "settle": (502, {"success": False, "errorReason": "unexpected_settle_error",
-                          "transaction": "", "network": "eip155:8453"}, 0.0)},
+        {"verify": VERIFY_OK, "settle": settle_failure(502, "unexpected_settle_error")},
         PaymentRequired, "unexpected_settle_error", 2,
         id="settle-502-with-reason",
     ),
     pytest.param(
-        {"verify": VERIFY_OK,
-         "settle": (200, {"success": False, "errorReason": "settlement_pending",
-                          "transaction": TRANSACTION, "network": "eip155:8453"}, 0.0)},
+        {"verify": VERIFY_OK, "settle": settle_failure(200, "settlement_pending", TRANSACTION)},
         PaymentPending, "settlement_pending", 2,
         id="settle-pending",
     ),
@@ -961,7 +986,7 @@ FACILITATOR_FAILURES = [
         PaymentPending, "settlement_pending", 2,
         id="settle-timeout",
     ),
-]
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -996,8 +1021,7 @@ def test_settle_pending_keeps_transaction(
     """A pending settlement keeps the facilitator's transaction hash for the retry."""
     fake_facilitator.routes = {
         "verify": VERIFY_OK,
-        "settle": (200, {"success": False, "errorReason": "settlement_pending",
-                         "transaction": TRANSACTION, "network": "eip155:8453"}, 0.0),
+        "settle": settle_failure(200, "settlement_pending", TRANSACTION),
     }
     with pytest.raises(PaymentPending) as info:
         HttpFacilitator(fake_facilitator.url, timeout=2.0).settle(verified_payment)

@@ -47,7 +47,6 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
 
 
 @app.post("/montages")
-@tracer.capture_method
 def create_montage() -> Response:
     event = app.current_event
     submission = submit_montage(event.decoded_body, event.headers, _resource_url())
@@ -61,7 +60,6 @@ def create_montage() -> Response:
 
 
 @app.get("/jobs/<job_id>")
-@tracer.capture_method
 def get_job(job_id: str) -> Response:
     if not JOB_ID_PATTERN.match(job_id):
         raise NotFound(f"No job has the id {job_id!r}; job ids look like job_… .", field="jobId")
@@ -72,7 +70,6 @@ def get_job(job_id: str) -> Response:
 
 
 @app.get("/jobs")
-@tracer.capture_method
 def list_jobs() -> Response:
     raw_limit = app.current_event.get_query_string_value("limit", str(LIST_LIMIT_DEFAULT))
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= LIST_LIMIT_MAX:

@@ -195,7 +195,7 @@ def submit_montage(
     job_id = new_job_id()
     audio_id, video_ids, new_assets = resolve_assets(request, jobs, job_id)
 
-    payment = verify_payment(headers, settings)
+    payment = verify_payment(headers, settings, resource_url=resource_url)
     request_hash = body_hash(request)
 
     claim = jobs.claim_payment(payment.payer, payment.nonce, request_hash)

@@ -147,7 +147,7 @@ class LocalRuntime:
         self._create_table(template)
         self._create_bucket()
         role_arn = self._create_role()
-        function_arns = self._register_functions(function_specs(template), role_arn)
+        function_arns = self._register_functions(template, function_specs(template), role_arn)
         self._patch_lambda_invoke()
         definition_path, substitutions = state_machine_spec(template)
         definition = self._substitute(
@@ -224,17 +224,21 @@ class LocalRuntime:
         )
         return response["Role"]["Arn"]
 
-    def _register_functions(self, specs: dict[str, Any], role_arn: str) -> dict[str, str]:
+    def _register_functions(
+        self, template: dict[str, Any], specs: dict[str, Any], role_arn: str
+    ) -> dict[str, str]:
         """Create each template function in moto and load its handler from its module."""
         import boto3
 
         client = boto3.client("lambda")
+        default_timeout = ((template.get("Globals") or {}).get("Function") or {}).get("Timeout")
         arns: dict[str, str] = {}
         for logical_id, spec in specs.items():
-            module = self._load_module(self.root / spec.code_dir / spec.module_file)
+            module = self._load_module(self.root / spec.module_file)
             handler = getattr(module, spec.handler_name)
             self.handlers[logical_id] = handler
-            self.timeouts[logical_id] = float(spec.timeout or 900)
+            properties = template["Resources"][logical_id].get("Properties") or {}
+            self.timeouts[logical_id] = float(properties.get("Timeout", default_timeout or 3))
             response = client.create_function(
                 FunctionName=logical_id,
                 Runtime="python3.12",

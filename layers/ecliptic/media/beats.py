@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ecliptic.errors import MediaRejected
-from ecliptic.media.ffmpeg import ffmpeg_exe
+from ecliptic.media.ffmpeg import FFMPEG_INPUT_GUARD, ffmpeg_exe
 from ecliptic.models import BeatGrid
 
 logger = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ TEMPO_PRIOR_OCTAVES = 1.0
 TIGHTNESS = 100.0
 # Frames quieter than this (RMS, dBFS) count as silence.
 SILENCE_DBFS = -50.0
+QUIET_FLOOR_DBFS = -80.0
 # Local tempo: autocorrelation windows of this length, one every LOCAL_HOP_SECONDS, and
 # at most this relative deviation from the global tempo.
 LOCAL_WINDOW_SECONDS = 8.0
@@ -82,8 +83,9 @@ def decode_mono(
         The file has no audio stream, ffmpeg cannot decode it, the decode timed out, or
         it yields no samples.
     """
-    args = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-protocol_whitelist", "file"]
-    args += ["-i", str(path)]
+    args = [ffmpeg_exe(), "-nostdin", "-hide_banner"]
+    # local file only, from a known demuxer; an absolute path is never read as a protocol
+    args += [*FFMPEG_INPUT_GUARD, "-i", str(path.resolve())]
     # first audio stream only, downmixed and resampled
     args += ["-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(sample_rate)]
     if max_seconds is not None:
@@ -153,7 +155,9 @@ def track_beats(samples: np.ndarray, sample_rate: int) -> BeatGrid:
 
     hop = max(32, round(sample_rate * HOP_SECONDS))
     frame_rate = sample_rate / hop
-    envelope, bass = _onset_envelopes(samples, sample_rate, hop)
+    bands = _band_onsets(samples, sample_rate, hop)
+    envelope = _combine_bands(bands)
+    bass = bands[:, 0]
     level_db = _frame_levels(samples, hop, envelope.size)
 
     start, stop = _music_range(level_db, frame_rate)
@@ -216,8 +220,8 @@ def _mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
     return np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
 
 
-def _onset_envelopes(samples: np.ndarray, sample_rate: int, hop: int) -> tuple[np.ndarray, ...]:
-    """Return the onset strength per frame, all bands and bass bands (below ~200 Hz).
+def _band_onsets(samples: np.ndarray, sample_rate: int, hop: int) -> np.ndarray:
+    """Return the onset strength per frame in three bands: below 200 Hz, to 2 kHz, above.
 
     Frame `i` is centred on sample `i * hop`. The spectrogram is made in blocks, so memory
     stays bounded for long songs.
@@ -239,15 +243,32 @@ def _onset_envelopes(samples: np.ndarray, sample_rate: int, hop: int) -> tuple[n
     # Log compression with an 80 dB floor below the loudest band, as in librosa's
     # power_to_db(top_db=80).
     log_mel = 10.0 * np.log10(np.maximum(mel, 1e-10))
-    log_mel = np.maximum(log_mel, log_mel.max() - 80.0)
-    flux = np.maximum(0.0, np.diff(log_mel, axis=0, prepend=log_mel[:1]))
+    floor = log_mel.max() - 80.0
+    log_mel = np.maximum(log_mel, floor)
+    # The file starts after silence: sound at sample 0 is an onset.
+    silence = np.full((1, N_MELS), floor, dtype=log_mel.dtype)
+    flux = np.maximum(0.0, np.diff(log_mel, axis=0, prepend=silence))
     # Frames whose window reaches past the last sample see the cut to zero padding as a
     # broadband click, not as music.
     flux[max(0, frame_count - n_fft // (2 * hop)) :] = 0.0
 
     centres = _mel_centres(sample_rate)
-    bass_bands = centres < 200.0
-    return flux.mean(axis=1), flux[:, bass_bands].mean(axis=1)
+    groups = [centres < 200.0, (centres >= 200.0) & (centres < 2000.0), centres >= 2000.0]
+    return np.stack([flux[:, group].mean(axis=1) for group in groups], axis=1)
+
+
+def _combine_bands(bands: np.ndarray) -> np.ndarray:
+    """Average the band onsets, each scaled to unit deviation.
+
+    Without the scaling, hi-hats dominate a band average of log-mel flux (they raise many
+    high bands at once), and their eighth notes pull the tempo to double time. A band
+    with almost no onsets is not scaled up beyond a tenth of the liveliest band.
+    """
+    deviation = bands.std(axis=0)
+    floor = 0.1 * float(deviation.max()) if bands.size else 0.0
+    if floor <= 0:
+        return bands.mean(axis=1) if bands.size else np.zeros(bands.shape[0])
+    return (bands / np.maximum(deviation, floor)).mean(axis=1)
 
 
 def _mel_centres(sample_rate: int) -> np.ndarray:
@@ -267,13 +288,14 @@ def _music_range(level_db: np.ndarray, frame_rate: float) -> tuple[int, int]:
     """Return the first and one-past-last frame where the music is audible.
 
     The level is smoothed over about 50 ms, so one stray click does not start the music.
-    The threshold is -50 dBFS, or 30 dB below the loud parts of a very quiet recording.
+    The threshold is -50 dBFS, or 30 dB below the loud parts (95th percentile) of a quiet
+    recording, but never below -80 dBFS.
     """
     width = max(1, round(0.05 * frame_rate))
     power = np.convolve(10.0 ** (level_db / 10.0), np.ones(width) / width, mode="same")
     smooth_db = 10.0 * np.log10(np.maximum(power, 1e-20))
     loud = float(np.percentile(smooth_db, 95))
-    threshold = min(SILENCE_DBFS, loud - 30.0)
+    threshold = max(QUIET_FLOOR_DBFS, min(SILENCE_DBFS, loud - 30.0))
     audible = np.flatnonzero(smooth_db > threshold)
     if audible.size == 0:
         return 0, 0

@@ -35,8 +35,12 @@ AUDIO_SAMPLE_RATE = 48000
 FADE_OUT_SECONDS = 1.0
 # A clip whose display aspect is within this ratio of 1:1 counts as square.
 SQUARE_TOLERANCE = 1.1
+# Container families whose seek index finds the keyframe before a time. Other inputs
+# (MPEG-TS above all, which ffmpeg 9.0 seeks by byte position) are decoded from the start.
+_INDEXED_FORMATS = ("mov,", "matroska,")
 # Share of the progress range that the segment encodes take; the final mux takes the rest.
 _SEGMENTS_PROGRESS_SHARE = 0.95
+
 
 def choose_frame_size(fmt: OutputFormat, clips: list[MediaInfo]) -> tuple[int, int]:
     """Return the output (width, height) for a requested format.
@@ -140,9 +144,7 @@ def render_montage(
             work = Path(work_name)
             parts = _encode_segments(plan, clips, work, deadline, progress)
             list_path = _write_concat_list(work, parts)
-            _mux_final(
-                plan, list_path, audio_path, song, partial_out, deadline, progress
-            )
+            _mux_final(plan, list_path, audio_path, song, partial_out, deadline, progress)
             if partial_poster is not None:
                 _write_poster(partial_out, plan.duration / 2, partial_poster, deadline)
 
@@ -204,15 +206,25 @@ def _encode_segments(
         def report(fraction: float, done_before: float = done_before, share: float = share) -> None:
             progress.report((done_before + fraction * share) * _SEGMENTS_PROGRESS_SHARE)
 
+        input_seek = segment.source_start > 0 and info.format_name.startswith(_INDEXED_FORMATS)
         try:
-            _encode_segment(plan, number, segment, path, info, part, deadline, report)
+            _encode_segment(plan, number, segment, path, info, part, deadline, report, input_seek)
+            frames = _count_frames(part)
+            if frames == 0 and input_seek:
+                logger.warning(
+                    "segment %d: seeking clip %d gave no frames; decoding it from the start",
+                    number, segment.clip,
+                )  # fmt: skip
+                _encode_segment(plan, number, segment, path, info, part, deadline, report, False)
+                frames = _count_frames(part)
+            if frames != segment.frames:
+                raise RenderFailed(f"it has {frames} frames, expected {segment.frames}.")
         except RenderFailed as exc:
             raise RenderFailed(
                 f"Rendering segment {number} of {len(plan.segments)} "
                 f"(clip {segment.clip}) failed: {exc.message}",
                 detail=exc.detail,
             ) from exc
-        _check_part(part, segment.frames, number)
         report(1.0)
         parts.append(part)
     return parts
@@ -227,7 +239,14 @@ def _encode_segment(
     part: Path,
     deadline: float,
     on_progress: Callable[[float], None],
+    input_seek: bool,
 ) -> None:
+    """Encode one segment to `part`.
+
+    With `input_seek`, ffmpeg seeks to the keyframe before `source_start` and decodes from
+    there. Without it, the clip is decoded from its start and the `trim` filter drops the
+    frames before `source_start`, which is slower but does not depend on a keyframe index.
+    """
     slot_seconds = segment.frames / plan.fps
     source_start = _clamped_start(number, segment, info)
     available = info.duration - source_start
@@ -238,13 +257,16 @@ def _encode_segment(
             number, segment.clip, max(0.0, available), source_start, slot_seconds,
         )  # fmt: skip
 
-    args: list[str] = ["-y"]
-    # input: seek relative to the clip's start time (ffmpeg adds the container start_time)
-    args += [*FFMPEG_INPUT_GUARD, "-ss", f"{source_start:.6f}", "-i", f"file:{path.resolve()}"]
+    args: list[str] = ["-y", *FFMPEG_INPUT_GUARD]
+    # input: -ss and trim both count from the container start_time, which ffmpeg maps to 0
+    if input_seek:
+        args += ["-ss", f"{source_start:.6f}"]
+    args += ["-i", f"file:{path.resolve()}"]
     # streams: the picture only, so audio, data tracks and cover art never reach the muxer
     args += ["-map", f"0:{info.video_index}", "-map_metadata", "-1", "-map_chapters", "-1"]
     # filters
-    args += ["-vf", _segment_filter(plan, info, slot_seconds)]
+    trim_start = 0.0 if input_seek else source_start
+    args += ["-vf", _segment_filter(plan, info, slot_seconds, trim_start)]
     # encoder
     args += _video_codec_args(plan.fps)
     args += ["-frames:v", str(segment.frames), "-f", "mp4", str(part)]
@@ -270,12 +292,14 @@ def _clamped_start(number: int, segment: Segment, info: MediaInfo) -> float:
     return latest
 
 
-def _segment_filter(plan: MontagePlan, info: MediaInfo, slot_seconds: float) -> str:
+def _segment_filter(
+    plan: MontagePlan, info: MediaInfo, slot_seconds: float, trim_start: float
+) -> str:
     """Build the per-segment filter chain (ffmpeg has already applied the rotation).
 
-    The chain is: constant frame rate, scale to cover the frame in square pixels, centre
-    crop, tone map when the clip is tagged HDR, 8-bit 4:2:0, and clone the last frame
-    when the clip ends before the slot does.
+    The chain is: drop frames before `trim_start`, constant frame rate, scale to cover the
+    frame in square pixels, centre crop, tone map when the clip is tagged HDR, 8-bit 4:2:0
+    with BT.709 tags, and clone the last frame when the clip ends before the slot does.
     """
     width, height = plan.width, plan.height
     # Cover the frame: scale by display aspect (dar = iw*sar/ih), so non-square pixels
@@ -284,7 +308,10 @@ def _segment_filter(plan: MontagePlan, info: MediaInfo, slot_seconds: float) -> 
     cover_width = f"if(gte(dar,{target}),ceil({height}*dar/2)*2,{width})"
     cover_height = f"if(gte(dar,{target}),{height},ceil({width}/dar/2)*2)"
 
-    filters = [f"fps={plan.fps}"]
+    filters: list[str] = []
+    if trim_start > 0:
+        filters += [f"trim=start={trim_start:.6f}", "setpts=PTS-STARTPTS"]
+    filters.append(f"fps={plan.fps}")
     if info.is_hdr:
         filters.append(f"scale=w='{cover_width}':h='{cover_height}'")
     else:
@@ -336,20 +363,15 @@ def _video_codec_args(fps: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _check_part(part: Path, expected_frames: int, number: int) -> None:
-    """Make sure a part holds exactly its slot's frames, so the join stays frame-accurate."""
+def _count_frames(part: Path) -> int:
+    """Return the video frame count of an encoded part; 0 when it has no video stream."""
     try:
         with av.open(str(part)) as container:
-            frames = container.streams.video[0].frames
-    except (av.error.FFmpegError, IndexError) as exc:
-        raise RenderFailed(
-            f"Rendering segment {number} failed: its output is unreadable.", detail=str(exc)
-        ) from exc
-    if frames != expected_frames:
-        raise RenderFailed(
-            f"Rendering segment {number} failed: it has {frames} frames, "
-            f"expected {expected_frames}."
-        )
+            if not container.streams.video:
+                return 0
+            return container.streams.video[0].frames
+    except (av.error.FFmpegError, OSError) as exc:
+        raise RenderFailed("its output is unreadable.", detail=str(exc)) from exc
 
 
 # ----- join, audio, poster ---------------------------------------------------------------
@@ -406,9 +428,7 @@ def _mux_final(
         share = 1 - _SEGMENTS_PROGRESS_SHARE
         progress.report(_SEGMENTS_PROGRESS_SHARE + fraction * share)
 
-    run_ffmpeg(
-        args, timeout=_remaining(deadline), on_progress=report, total_seconds=duration
-    )
+    run_ffmpeg(args, timeout=_remaining(deadline), on_progress=report, total_seconds=duration)
 
 
 def _write_poster(video: Path, at_seconds: float, poster: Path, deadline: float) -> None:

@@ -33,7 +33,7 @@ class LocalPayer:
     Parameters
     ----------
     private_key
-        32-byte secp256k1 private key; a random throwaway key when None.
+        32-byte secp256k1 private key, or None for a random throwaway key.
     """
 
     def __init__(self, private_key: bytes | None = None) -> None:
@@ -68,12 +68,12 @@ class LocalPayer:
         version
             x402 protocol version of the payload.
         now
-            Unix time in seconds; defaults to the system clock.
+            Unix time in seconds, by default the system clock.
         backdated
             Set validAfter to now - 600 s as the TypeScript client does, instead of 0 as
             the Python client does.
         resource_url
-            Copied into the v2 `resource`; taken from a v2 challenge when omitted.
+            Copied into the v2 `resource`. When omitted, the challenge's resource is used.
 
         Raises
         ------

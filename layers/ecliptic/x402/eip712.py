@@ -4,7 +4,7 @@ The digest is keccak256(0x19 0x01 || domainSeparator || hashStruct(message)), wh
 hash is keccak256 of the ABI encoding of a type hash followed by the fields (EIP-712).
 Recovery accepts what Circle's FiatToken contract accepts on chain: a 65-byte signature
 r || s || v with s <= n/2 and v in {27, 28}. A recovery id of 0 or 1 in place of v is
-accepted too, because some signers emit it; the facilitator normalises it before
+accepted too, because some signers emit it and the facilitator normalises it before
 submitting.
 
 The Ethereum libraries (eth-abi, eth-hash, coincurve) are imported inside the functions,
@@ -42,7 +42,7 @@ class TokenDomain:
 
 
 class SignatureError(ValueError):
-    """A signature that cannot be recovered; `reason` is the x402 reason code."""
+    """A signature that cannot be recovered. `reason` is the x402 reason code."""
 
     def __init__(self, message: str, reason: str = "invalid_signature") -> None:
         super().__init__(message)
@@ -127,8 +127,8 @@ def recover_signer(digest: bytes, signature: bytes) -> str:
 
     if len(signature) != 65:
         raise SignatureError(
-            f"signature must be 65 bytes (r, s, v), got {len(signature)}; "
-            "smart-contract wallet signatures are not supported"
+            f"signature must be 65 bytes (r, s, v), got {len(signature)}. "
+            "Smart-contract wallet signatures are not supported"
         )
     r = int.from_bytes(signature[:32], "big")
     s = int.from_bytes(signature[32:64], "big")
@@ -144,7 +144,7 @@ def recover_signer(digest: bytes, signature: bytes) -> str:
     if s > SECP256K1_HALF_N:
         # FiatToken's ECRecover rejects high-s signatures (EIP-2), so settlement would fail.
         raise SignatureError(
-            "signature s is in the upper half of the curve order; sign again with a "
+            "signature s is in the upper half of the curve order. Sign again with a "
             "library that produces low-s signatures",
             reason="high_s_signature",
         )
@@ -153,7 +153,7 @@ def recover_signer(digest: bytes, signature: bytes) -> str:
         public_key = PublicKey.from_signature_and_message(
             signature[:64] + bytes([recovery_id]), digest, hasher=None
         )
-    except Exception as exc:  # coincurve raises plain Exception when recovery fails
+    except ValueError as exc:  # coincurve 21 raises ValueError when no key recovers
         raise SignatureError("no public key recovers from the signature") from exc
     return public_key_to_address(public_key.format(compressed=False))
 
@@ -187,8 +187,8 @@ def _strip_0x(value: str) -> str:
 
 
 def _address_bytes(address: str) -> bytes:
-    # Passing bytes makes the comparison case-insensitive: eth-abi rejects a mixed-case
-    # address string whose EIP-55 checksum is wrong.
+    # Bytes make the digest independent of the address's letter case. eth-abi would reject
+    # a mixed-case address string whose EIP-55 checksum is wrong.
     raw = bytes.fromhex(_strip_0x(address))
     if len(raw) != 20:
         raise ValueError(f"address must be 20 bytes, got {len(raw)}")

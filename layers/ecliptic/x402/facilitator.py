@@ -1,14 +1,14 @@
 """Settlement of verified payments through an x402 facilitator.
 
 `HttpFacilitator` calls a facilitator's `POST /verify`, then `POST /settle`. Failures map
-to our errors so that the API never answers an unknown settlement outcome with a fresh
-402, which would make the client sign and pay a second time:
+to our errors so that the API never responds to an unknown settlement outcome with a
+fresh 402, which would make the client sign and pay a second time:
 
-- the facilitator rejects the payment (`isValid: false`, `success: false`):
-  `PaymentRequired` with the facilitator's reason as `code`;
-- nothing was settled (verify fails, a settle request never connects, a 4xx without a
-  reason): `ServiceUnavailable`;
-- the outcome is unknown or not final (`settlement_pending`, a settle request that timed
+- The facilitator rejects the payment (`isValid: false`, `success: false`):
+  `PaymentRequired` with the facilitator's reason as `code`.
+- Nothing was settled (verify fails, a settle request never connects, a 4xx without a
+  reason): `ServiceUnavailable`.
+- The outcome is unknown or not final (`settlement_pending`, a settle request that timed
   out after it was sent, a 5xx without a reason): `PaymentPending`. Retrying with the
   same payment is safe because the token contract accepts each nonce once.
 
@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Read timeout of each facilitator request, in seconds. A Base block takes about 2 s and
-# the facilitator waits for the settle transaction's receipt before it responds.
+# Read timeout of each facilitator request, in seconds. A Base block takes about 2 s, and
+# a facilitator may wait for the settle transaction's receipt before it responds.
 DEFAULT_TIMEOUT_SECONDS = 10.0
 CONNECT_TIMEOUT_SECONDS = 3.05
 
@@ -73,11 +73,11 @@ class Facilitator(Protocol):
         Raises
         ------
         PaymentRequired
-            The payment was rejected; `code` says why.
+            The payment was rejected, and `code` is the reason.
         PaymentPending
             Settlement was sent but is not confirmed.
         ServiceUnavailable
-            The facilitator could not be used; nothing was settled.
+            The facilitator could not be used, and nothing was settled.
         """
         ...
 
@@ -95,7 +95,7 @@ class OfflineFacilitator:
     def settle(self, payment: VerifiedPayment) -> Settlement:
         """Return a successful settlement without any network call."""
         logger.warning(
-            "Offline facilitator: payment of %s from %s was not broadcast; no funds moved",
+            "Offline facilitator: payment of %s from %s was not broadcast, no funds moved",
             payment.value,
             payment.payer,
         )
@@ -117,7 +117,7 @@ class HttpFacilitator:
     url
         Base URL without the endpoint, e.g. `https://api.cdp.coinbase.com/platform/v2/x402`.
     auth_header_provider
-        Returns authentication headers per request; None for a facilitator without auth.
+        Returns authentication headers per request. None for a facilitator without auth.
     timeout
         Read timeout of each request, in seconds. The connect timeout is the smaller of
         this and 3.05 s.
@@ -142,9 +142,9 @@ class HttpFacilitator:
         Raises
         ------
         PaymentRequired
-            The facilitator rejected the payment; `code` is its reason.
+            The facilitator rejected the payment, and `code` is its reason.
         PaymentPending
-            The settle call answered `settlement_pending`, or its outcome is unknown.
+            The settle call returned `settlement_pending`, or its outcome is unknown.
         ServiceUnavailable
             The facilitator failed before settlement started.
         """
@@ -166,7 +166,7 @@ class HttpFacilitator:
         except requests.RequestException as exc:
             logger.error("Facilitator verify failed for payer %s: %s", payment.payer, exc)
             raise ServiceUnavailable(
-                "The payment facilitator did not respond; retry the request with the same payment.",
+                "The payment facilitator did not respond. Retry the request with the same payment.",
                 detail={"stage": "verify"},
             ) from exc
 
@@ -191,7 +191,7 @@ class HttpFacilitator:
                 response.status_code,
             )
             raise ServiceUnavailable(
-                "The payment facilitator failed; retry the request with the same payment.",
+                "The payment facilitator failed. Retry the request with the same payment.",
                 detail={"stage": "verify", "status": response.status_code},
             )
         if parsed.payer and parsed.payer.lower() != payment.payer:
@@ -210,7 +210,7 @@ class HttpFacilitator:
             # No connection, so the facilitator never saw the request.
             logger.error("Facilitator settle could not connect: %s", exc)
             raise ServiceUnavailable(
-                "The payment facilitator did not respond; retry the request with the same payment.",
+                "The payment facilitator did not respond. Retry the request with the same payment.",
                 detail={"stage": "settle"},
             ) from exc
         except requests.RequestException as exc:
@@ -222,7 +222,7 @@ class HttpFacilitator:
                 exc,
             )
             raise PaymentPending(
-                "Settlement of the payment is not confirmed yet; retry the request with the "
+                "Settlement of the payment is not confirmed yet. Retry the request with the "
                 "same payment.",
                 detail={"stage": "settle", "outcome": "unknown"},
             ) from exc
@@ -237,7 +237,7 @@ class HttpFacilitator:
                 parsed.transaction or "unknown",
             )
             raise PaymentPending(
-                "Settlement of the payment is pending; retry the request with the same payment.",
+                "Settlement of the payment is pending. Retry the request with the same payment.",
                 detail={"stage": "settle", "transaction": parsed.transaction or None},
             )
         if parsed is not None and not parsed.success:
@@ -263,11 +263,12 @@ class HttpFacilitator:
             if 400 <= response.status_code < 500:
                 # The facilitator refused the request itself (e.g. authentication).
                 raise ServiceUnavailable(
-                    "The payment facilitator refused the request; retry later.",
+                    f"The payment facilitator rejected the request with HTTP "
+                    f"{response.status_code}. Retry later with the same payment.",
                     detail={"stage": "settle", "status": response.status_code},
                 )
             raise PaymentPending(
-                "Settlement of the payment is not confirmed; retry the request with the "
+                "Settlement of the payment is not confirmed. Retry the request with the "
                 "same payment.",
                 detail={"stage": "settle", "status": response.status_code, "outcome": "unknown"},
             )
@@ -302,7 +303,7 @@ def facilitator_from_settings(
 ) -> Facilitator:
     """Return the offline facilitator when `settings.facilitator_mode` is `offline`, else HTTP.
 
-    NOTE: the settings hold no facilitator credentials yet; a facilitator that needs
+    NOTE: the settings contain no facilitator credentials yet, so a facilitator that needs
     authentication (Coinbase CDP) needs `auth_header_provider`.
     """
     if settings.facilitator_mode == "offline":
@@ -332,7 +333,7 @@ def _parse(model: type[_Parsed], data: dict[str, Any] | None) -> _Parsed | None:
 
 
 def _reason_code(reason: str | None) -> str:
-    # Pass on the facilitator's snake_case reason; anything else becomes a generic code
+    # Pass on the facilitator's snake_case reason. Anything else becomes a generic code
     # so that no facilitator text reaches a response unchecked.
     if reason and _REASON_CODE.fullmatch(reason):
         return reason

@@ -1,8 +1,8 @@
 """Pydantic models of the x402 messages (protocol versions 1 and 2, scheme `exact` on EVM).
 
 Field names are the wire names (camelCase). Inbound models ignore unknown fields, so a
-client that adds a field from a later revision of the protocol is still understood; the
-payment guard forwards the decoded dict, not these models, to the facilitator.
+payment that carries a field from a later protocol revision still validates. The payment
+guard forwards the decoded dict, not these models, to the facilitator, so no field is lost.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class PaymentRequiredV2(_WireModel):
 class TransferAuthorization(_WireModel):
     """The EIP-3009 `TransferWithAuthorization` message, numbers as decimal strings.
 
-    `value` is kept as any string so that the guard can answer a malformed amount with
+    `value` accepts any string so that the guard can reject a malformed amount with
     `invalid_amount` instead of a generic shape error.
     """
 

@@ -49,7 +49,7 @@ def network_by_name(name: str) -> Network:
         if name in (network.v1_name, network.caip2):
             return network
     known = ", ".join(f"{n.v1_name} ({n.caip2})" for n in NETWORKS)
-    raise ValueError(f"unsupported payment network {name!r}; expected one of {known}")
+    raise ValueError(f"unsupported payment network {name!r}, expected one of: {known}")
 
 
 def payment_requirements_v1(
@@ -114,9 +114,9 @@ def challenge(
                asset="0x<token>", payTo="0x<recipient>", amount="20000"
 
       `network` is the CAIP-2 id and `amount` is in the token's smallest unit. The value
-      is one line; it is wrapped here only for reading. Core x402 clients ignore this header.
+      is one line, wrapped here only for reading. Core x402 clients ignore this header.
 
-    CORS must expose these headers to browsers; see `response.CORS_EXPOSE_HEADERS`.
+    CORS must expose these headers to browsers (see `response.CORS_EXPOSE_HEADERS`).
     """
     requirement_v1 = payment_requirements_v1(
         settings, resource_url, description=description, mime_type=mime_type
@@ -150,7 +150,7 @@ def challenge(
 
 
 def _extra(settings: Settings) -> dict[str, str]:
-    # The EIP-712 domain name and version of the token; clients cannot sign without them.
+    # The EIP-712 domain name and version of the token. Clients cannot sign without them.
     return {"name": settings.payment_asset_name, "version": settings.payment_asset_version}
 
 

@@ -48,7 +48,7 @@ _Model = TypeVar("_Model", bound=BaseModel)
 
 
 class VerifiedPayment(BaseModel):
-    """A payment that passed every local check; the input to a facilitator's settle call.
+    """A payment that passed every local check, ready for a facilitator's settle call.
 
     Addresses and the nonce are lower-case hex. `payload` is the decoded payment header
     and `requirements` the requirement of the same protocol version, both as sent to the
@@ -78,15 +78,15 @@ def verify_payment(
     Parameters
     ----------
     headers
-        Request headers; names are matched case-insensitively.
+        Request headers, with names matched case-insensitively.
     settings
         The payment terms (price, recipient, network, token and its EIP-712 domain).
     now
-        Current Unix time in seconds; defaults to the system clock.
+        Current Unix time in seconds, by default the system clock.
     resource_url
         URL of the paid resource, copied into the version 1 requirement that the
         facilitator receives. NOTE: facilitators validate it as a URL, so the API handler
-        should pass the request URL; without it the field is an empty string.
+        should pass the request URL. Without it the field is an empty string.
 
     Raises
     ------
@@ -110,7 +110,7 @@ def verify_payment(
         if payment_v1.network != network.v1_name:
             raise _reject(
                 "wrong_network",
-                f"The payment is for network {payment_v1.network!r}; pay on {network.v1_name!r}.",
+                f"The payment is for network {payment_v1.network!r}. Pay on {network.v1_name!r}.",
             )
         requirements = payment_requirements_v1(settings, resource_url or "")
         scheme_payload = payment_v1.payload
@@ -128,7 +128,7 @@ def verify_payment(
     if authorization.to.lower() != settings.pay_to.lower():
         raise _reject(
             "wrong_recipient",
-            f"The authorization pays {authorization.to}; it must pay {settings.pay_to}.",
+            f"The authorization pays {authorization.to}, but it must pay {settings.pay_to}.",
         )
     value = _check_amount(authorization.value, settings.price_atomic, field="value")
     valid_after, valid_before = _check_validity(
@@ -190,7 +190,7 @@ def _decode_payment_header(headers: Mapping[str, str]) -> tuple[str, Literal[1, 
         ) from exc
 
     version = data.get("x402Version")
-    if type(version) is not int:  # bool is an int subclass; reject it too
+    if type(version) is not int:  # rejects bool, an int subclass, too
         raise _reject(
             "invalid_payment_header",
             f"The {header_name} header must contain an integer x402Version.",
@@ -198,13 +198,13 @@ def _decode_payment_header(headers: Mapping[str, str]) -> tuple[str, Literal[1, 
     if version not in (1, 2):
         raise _reject(
             "unsupported_version",
-            f"x402Version {version} is not supported; use 2 ({V2_HEADER}) or 1 ({V1_HEADER}).",
+            f"x402Version {version} is not supported. Use 2 ({V2_HEADER}) or 1 ({V1_HEADER}).",
         )
     if version != header_version:
         expected_header = V1_HEADER if version == 1 else V2_HEADER
         raise _reject(
             "unsupported_version",
-            f"The {header_name} header carries x402Version {header_version} payments; send "
+            f"The {header_name} header carries x402Version {header_version} payments. Send "
             f"this x402Version {version} payment in the {expected_header} header.",
         )
     return header_name, header_version, data
@@ -230,27 +230,27 @@ def _check_scheme(scheme: str) -> None:
     if scheme != SCHEME:
         raise _reject(
             "unsupported_scheme",
-            f"Payment scheme {scheme!r} is not supported; use {SCHEME!r}.",
+            f"Payment scheme {scheme!r} is not supported. Use {SCHEME!r}.",
         )
 
 
 def _check_accepted(accepted: dict[str, Any], expected: dict[str, Any]) -> None:
-    # A version 2 payment names the requirement it fulfils; it must be ours.
+    # A version 2 payment names the requirement it fulfils, which must be ours.
     _check_scheme(accepted["scheme"])
     if accepted["network"] != expected["network"]:
         raise _reject(
             "wrong_network",
-            f"accepted.network is {accepted['network']!r}; pay on {expected['network']!r}.",
+            f"accepted.network is {accepted['network']!r}. Pay on {expected['network']!r}.",
         )
     if accepted["asset"].lower() != expected["asset"].lower():
         raise _reject(
             "wrong_asset",
-            f"accepted.asset is {accepted['asset']}; pay with {expected['asset']}.",
+            f"accepted.asset is {accepted['asset']}. Pay with {expected['asset']}.",
         )
     if accepted["payTo"].lower() != expected["payTo"].lower():
         raise _reject(
             "wrong_recipient",
-            f"accepted.payTo is {accepted['payTo']}; it must be {expected['payTo']}.",
+            f"accepted.payTo is {accepted['payTo']}, but it must be {expected['payTo']}.",
         )
     _check_amount(accepted["amount"], int(expected["amount"]), field="accepted.amount")
 
@@ -268,7 +268,7 @@ def _check_amount(text: str, price: int, *, field: str) -> int:
     if value != price:
         raise _reject(
             "amount_mismatch",
-            f"{field} is {value}; the price is {price} in the token's smallest unit.",
+            f"{field} is {value}, but the price is {price} in the token's smallest unit.",
         )
     return value
 
@@ -287,19 +287,19 @@ def _check_validity(
     if valid_after > now + CLOCK_SKEW_SECONDS:
         raise _reject(
             "not_yet_valid",
-            f"authorization.validAfter is {valid_after - now} s in the future; "
-            "set it to 0 or a past time.",
+            f"authorization.validAfter is {valid_after - now} s in the future. "
+            "Set it to 0 or a past time.",
         )
     if valid_before <= now:
         raise _reject(
             "expired",
-            "authorization.validBefore has passed; sign a new payment.",
+            "authorization.validBefore has passed. Sign a new payment.",
         )
     if valid_before > now + window + CLOCK_SKEW_SECONDS:
         raise _reject(
             "validity_too_long",
-            f"authorization.validBefore is {valid_before - now} s away; it must be at most "
-            f"{window} s (maxTimeoutSeconds) from now.",
+            f"authorization.validBefore is {valid_before - now} s away, but it must be at "
+            f"most {window} s (maxTimeoutSeconds) from now.",
         )
     if valid_after >= valid_before:
         raise _reject(
@@ -329,8 +329,8 @@ def _check_signature(exact: ExactEvmPayload, domain: TokenDomain) -> str:
             "signer_mismatch",
             "payload.signature was not made by authorization.from over the EIP-712 "
             f"domain {{name: {domain.name!r}, version: {domain.version!r}, chainId: "
-            f"{domain.chain_id}, verifyingContract: {domain.verifying_contract}}}; "
-            "sign the TransferWithAuthorization with that domain and key.",
+            f"{domain.chain_id}, verifyingContract: {domain.verifying_contract}}}. "
+            "Sign the TransferWithAuthorization with that domain and key.",
         )
     return signer
 

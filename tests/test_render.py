@@ -1,0 +1,522 @@
+"""render_montage, run_ffmpeg and the frame-size helpers, with real ffmpeg and PyAV."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from ecliptic.errors import RenderFailed
+from ecliptic.media.ffmpeg import FFMPEG_INPUT_GUARD, ffmpeg_exe, run_ffmpeg
+from ecliptic.media.probe import probe_media
+from ecliptic.media.render import choose_frame_size, render_montage, scale_frame
+from ecliptic.models import MediaInfo, MontagePlan, OutputFormat, Segment
+
+CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "media-corpus"
+
+CORPUS_VIDEO_FILES = [
+    "android-slowmo-vfr-gap-noaudio.mp4",
+    "bbb-hevc-aac5.1-start1.48s.ts",
+    "bbb-sar1137x800-start10s-editlist-noaudio.mp4",
+    "bbb-vp9-60fps-vorbis-5.1.webm",
+    "bear-odd-161x121-vp9-noaudio.webm",
+    "cockatoo-h264-yuv444p-20fps-mono16k.mp4",
+    "concert-1080p50-h264-pcm-s16le.mov",
+    "desk-h264-ac3-mono-bogus-avgfps.mkv",
+    "flower-vp8-vorbis-29.97fps.webm",
+    "forest-hdr10-av1-10bit-59.94fps.mp4",
+    "friday-audio-stream-first-30fps.mp4",
+    "gopro-max-848x480-3datastreams.mp4",
+    "iphone-dolbyvision-hlg-rotate90-0.1s.mov",
+    "iphone-hlg10-hevc-rotate90-editlist.mp4",
+    "newtons-cradle-variable-delay.gif",
+    "phone-portrait-rotate90-4k60-h264.mp4",
+    "roadtrip-vp9-10bit-23.976fps-noaudio.webm",
+    "rooftop-hdr10-pq-hevc-hev1-vfr.mp4",
+]
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run(
+        [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", *args],
+        check=True,
+        timeout=60,
+    )
+
+
+def _segments(*spans: tuple[int, float, int]) -> list[Segment]:
+    """Tile segments from (clip, source_start, frames) triples."""
+    segments = []
+    start = 0
+    for beat, (clip, source_start, frames) in enumerate(spans):
+        segments.append(
+            Segment(
+                clip=clip,
+                source_start=source_start,
+                start_frame=start,
+                end_frame=start + frames,
+                beat_start=beat,
+                beat_end=beat + 1,
+            )
+        )
+        start += frames
+    return segments
+
+
+def _plan(
+    width: int, height: int, segments: list[Segment], audio_start: float = 0.0
+) -> MontagePlan:
+    return MontagePlan(
+        job_id="job_test",
+        planner="beat-grid",
+        width=width,
+        height=height,
+        fps=30,
+        audio_start=audio_start,
+        total_frames=segments[-1].end_frame,
+        segments=segments,
+    )
+
+
+def _decode_video(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+def _decode_audio(path: Path) -> tuple[np.ndarray, int]:
+    """Return the samples as (channels, samples) float32 and the sample rate."""
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        chunks = [frame.to_ndarray() for frame in container.decode(stream)]
+        return np.concatenate(chunks, axis=1), stream.codec_context.sample_rate
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Synthetic clips and a song, made once per module with lavfi sources."""
+    folder = tmp_path_factory.mktemp("synthetic")
+    paths = {
+        "landscape": folder / "landscape.mp4",
+        "portrait_short": folder / "portrait_short.mp4",
+        "red": folder / "red.mp4",
+        "blue": folder / "blue.mov",
+        "song": folder / "song.wav",
+    }
+    # 640x360 25 fps with an AAC track as stream 0, so the video is stream 1.
+    _ffmpeg(
+        "-f", "lavfi", "-i", "sine=frequency=330:duration=4",
+        "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25:duration=4",
+        "-map", "0:a", "-map", "1:v", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+        "-c:a", "aac", str(paths["landscape"]),
+    )  # fmt: skip
+    # 0.5 s portrait at 60 fps: shorter than the slot it gets.
+    _ffmpeg(
+        "-f", "lavfi", "-i", "testsrc2=size=360x640:rate=60:duration=0.5",
+        "-c:v", "libx264", "-pix_fmt", "yuv420p", str(paths["portrait_short"]),
+    )  # fmt: skip
+    _ffmpeg(
+        "-f", "lavfi", "-i", "color=color=red:size=320x240:rate=30:duration=3",
+        "-c:v", "libx264", "-pix_fmt", "yuv420p", str(paths["red"]),
+    )  # fmt: skip
+    _ffmpeg(
+        "-f", "lavfi", "-i", "color=color=blue:size=320x240:rate=24:duration=3",
+        "-c:v", "libx264", "-pix_fmt", "yuv444p", str(paths["blue"]),
+    )  # fmt: skip
+    # Mono 44.1 kHz: 2 s of silence, then a tone. The render must resample to 48 kHz stereo.
+    _ffmpeg(
+        "-f", "lavfi", "-i",
+        "aevalsrc=if(gte(t\\,2)\\,0.5*sin(2*PI*440*t)\\,0):sample_rate=44100:duration=8",
+        str(paths["song"]),
+    )  # fmt: skip
+    return paths
+
+
+def _clips(media: dict[str, Path], *names: str) -> dict[int, tuple[Path, MediaInfo]]:
+    return {index: (media[name], probe_media(media[name])) for index, name in enumerate(names)}
+
+
+# ----- frame size helpers ----------------------------------------------------------------
+
+
+def _info(width: int, height: int) -> MediaInfo:
+    return MediaInfo(
+        format_name="mov",
+        duration=1.0,
+        has_video=True,
+        has_audio=False,
+        video_index=0,
+        width=width,
+        height=height,
+    )
+
+
+@pytest.mark.parametrize(
+    ("fmt", "sizes", "expected"),
+    [
+        (OutputFormat.PORTRAIT, [(1920, 1080)], (1080, 1920)),
+        (OutputFormat.SQUARE, [(1920, 1080)], (1080, 1080)),
+        (OutputFormat.AUTO, [(1080, 1920), (1080, 1920), (1920, 1080)], (1080, 1920)),
+        (OutputFormat.AUTO, [(1080, 1920), (1920, 1080)], (1920, 1080)),
+        (OutputFormat.AUTO, [(1000, 1000), (1040, 1000)], (1080, 1080)),
+        (OutputFormat.AUTO, [(1000, 1000), (1080, 1920)], (1080, 1920)),
+        (OutputFormat.AUTO, [(1000, 1000), (1920, 1080)], (1920, 1080)),
+        (OutputFormat.AUTO, [], (1920, 1080)),
+    ],
+    ids=[
+        "portrait-forced",
+        "square-forced",
+        "auto-portrait-majority",
+        "auto-tie-landscape",
+        "auto-all-square",
+        "auto-square-and-portrait",
+        "auto-square-and-landscape",
+        "auto-no-clips",
+    ],
+)
+def test_choose_frame_size(
+    fmt: OutputFormat, sizes: list[tuple[int, int]], expected: tuple[int, int]
+) -> None:
+    """The output frame follows the request, or the clips' majority orientation."""
+    assert choose_frame_size(fmt, [_info(w, h) for w, h in sizes]) == expected
+
+
+def test_choose_frame_size_ignores_audio_only() -> None:
+    """A clip with no video size does not vote."""
+    audio_only = MediaInfo(format_name="mp3", duration=3.0, has_video=False, has_audio=True)
+
+    assert choose_frame_size(OutputFormat.AUTO, [audio_only, _info(720, 1280)]) == (1080, 1920)
+
+
+@pytest.mark.parametrize(
+    ("size", "max_side", "expected"),
+    [
+        ((1080, 1920), 426, (240, 426)),
+        ((1920, 1080), 320, (320, 180)),
+        ((1080, 1080), 101, (100, 100)),
+        ((1080, 1920), 1920, (1080, 1920)),
+        ((1080, 1920), 4000, (1080, 1920)),
+    ],
+)
+def test_scale_frame(size: tuple[int, int], max_side: int, expected: tuple[int, int]) -> None:
+    """Scaled sizes fit the limit and stay even."""
+    assert scale_frame(size, max_side) == expected
+
+
+# ----- run_ffmpeg --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_run_ffmpeg_failure_has_stderr_tail(tmp_path: Path) -> None:
+    """A failing run raises RenderFailed with ffmpeg's error in detail, not in the message."""
+    missing = tmp_path / "missing.mp4"
+
+    with pytest.raises(RenderFailed) as caught:
+        run_ffmpeg(["-i", str(missing), "-f", "null", "-"], timeout=30)
+
+    assert "exit status" in caught.value.message
+    assert str(missing) not in caught.value.message
+    assert "No such file or directory" in caught.value.detail
+
+
+@pytest.mark.slow
+def test_run_ffmpeg_timeout_kills() -> None:
+    """An endless input is killed at the timeout."""
+    started = time.monotonic()
+
+    with pytest.raises(RenderFailed, match="timed out"):
+        run_ffmpeg(["-re", "-f", "lavfi", "-i", "testsrc2", "-f", "null", "-"], timeout=1.5)
+
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.slow
+def test_run_ffmpeg_reports_progress() -> None:
+    """A real-time run of 5 s reports fractions between 0 and 1, at least 2 s apart."""
+    calls: list[tuple[float, float]] = []
+
+    run_ffmpeg(
+        ["-re", "-f", "lavfi", "-i", "testsrc2=size=160x120:duration=5", "-f", "null", "-"],
+        timeout=30,
+        on_progress=lambda fraction: calls.append((time.monotonic(), fraction)),
+        total_seconds=5.0,
+    )
+
+    assert calls, "on_progress was never called"
+    assert all(0.0 <= fraction <= 1.0 for _, fraction in calls)
+    assert all(b[0] - a[0] >= 1.9 for a, b in zip(calls, calls[1:], strict=False))
+    assert calls[-1][1] > calls[0][1] or len(calls) == 1
+
+
+# ----- render_montage ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_render_output_format(media: dict[str, Path], tmp_path: Path) -> None:
+    """The output is H.264 High yuv420p BT.709 at the plan size, with AAC 48 kHz stereo."""
+    clips = _clips(media, "landscape", "portrait_short", "blue")
+    plan = _plan(320, 568, _segments((0, 0.5, 20), (1, 0.0, 12), (2, 1.0, 25), (0, 2.0, 18)))
+    out = tmp_path / "montage.mp4"
+    poster = tmp_path / "poster.jpg"
+    fractions: list[float] = []
+
+    render_montage(
+        plan,
+        audio_path=media["song"],
+        clips=clips,
+        out_path=out,
+        poster_path=poster,
+        on_progress=fractions.append,
+    )
+
+    info = probe_media(out)
+    assert (info.width, info.height) == (320, 568)
+    assert info.video_codec == "h264"
+    assert info.pix_fmt == "yuv420p"
+    assert info.color_transfer == "bt709"
+    assert info.color_primaries == "bt709"
+    assert info.audio_codec == "aac"
+    assert info.sample_rate == 48000
+    assert info.channels == 2
+    assert info.fps == pytest.approx(30.0)
+    assert abs(info.duration - plan.duration) <= 1 / plan.fps
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.profile == "High"
+        assert stream.frames == plan.total_frames
+    assert len(_decode_video(out)) == plan.total_frames
+
+    with av.open(str(poster)) as container:
+        frame = next(container.decode(video=0))
+        assert (frame.width, frame.height) == (320, 568)
+    assert fractions[-1] == 1.0
+    assert fractions == sorted(fractions)
+    assert list(tmp_path.iterdir()) == sorted([out, poster]) or set(tmp_path.iterdir()) == {
+        out,
+        poster,
+    }
+
+
+@pytest.mark.slow
+def test_render_cuts_on_exact_frames(media: dict[str, Path], tmp_path: Path) -> None:
+    """Each output frame shows the clip of the segment that owns it."""
+    clips = _clips(media, "red", "blue")
+    plan = _plan(320, 180, _segments((0, 0.0, 7), (1, 0.5, 11), (0, 1.0, 5), (1, 0.0, 9)))
+    out = tmp_path / "cuts.mp4"
+
+    render_montage(plan, audio_path=media["song"], clips=clips, out_path=out)
+
+    frames = _decode_video(out)
+    assert len(frames) == plan.total_frames
+    for segment in plan.segments:
+        for index in range(segment.start_frame, segment.end_frame):
+            red, _, blue = frames[index].reshape(-1, 3).mean(axis=0)
+            if segment.clip == 0:
+                assert red > 200 and blue < 50, f"frame {index} is not red"
+            else:
+                assert blue > 200 and red < 50, f"frame {index} is not blue"
+
+
+@pytest.mark.slow
+def test_render_holds_short_clip(media: dict[str, Path], tmp_path: Path) -> None:
+    """A 0.5 s clip in a 1 s slot plays at normal speed, then holds its last frame."""
+    clips = _clips(media, "landscape", "portrait_short")
+    plan = _plan(180, 320, _segments((0, 0.0, 6), (1, 0.0, 30), (0, 1.0, 6)))
+    out = tmp_path / "held.mp4"
+
+    render_montage(plan, audio_path=media["song"], clips=clips, out_path=out)
+
+    frames = [frame.astype(int) for frame in _decode_video(out)[6:36]]
+    # testsrc2 moves every frame (mean change ~3.7 levels); a held frame changes only by
+    # encoder refinement (< 0.1).
+    changes = [float(np.abs(a - b).mean()) for a, b in zip(frames, frames[1:], strict=False)]
+    distinct = 1 + sum(1 for change in changes if change > 0.5)
+    # 0.5 s of source at 30 fps is 15 frames; stretching it would make all 30 distinct.
+    assert 14 <= distinct <= 16
+    for frame in frames[16:]:
+        assert float(np.abs(frame - frames[-1]).mean()) < 0.5
+
+
+@pytest.mark.slow
+def test_render_audio_start_and_fade(media: dict[str, Path], tmp_path: Path) -> None:
+    """The song plays from audio_start and fades to near silence at the end."""
+    clips = _clips(media, "red")
+    out = tmp_path / "audio.mp4"
+    # The song is silent for 2 s, then a tone: from 1.5 s the first 0.5 s stay silent.
+    plan = _plan(160, 90, _segments((0, 0.0, 90)), audio_start=1.5)
+
+    render_montage(plan, audio_path=media["song"], clips=clips, out_path=out)
+
+    samples, rate = _decode_audio(out)
+    assert rate == 48000
+    assert samples.shape[0] == 2
+
+    def rms(start: float, end: float) -> float:
+        window = samples[:, int(start * rate) : int(end * rate)]
+        return float(np.sqrt(np.mean(window**2)))
+
+    assert rms(0.0, 0.4) < 0.01
+    assert rms(0.7, 1.5) > 0.2
+    assert rms(2.95, 3.0) < 0.1 * rms(1.0, 1.5)
+
+
+@pytest.mark.slow
+def test_render_missing_clip_fails(media: dict[str, Path], tmp_path: Path) -> None:
+    """A plan naming a clip that was not passed fails before ffmpeg runs."""
+    clips = _clips(media, "red")
+    plan = _plan(160, 90, _segments((0, 0.0, 10), (3, 0.0, 10)))
+
+    with pytest.raises(RenderFailed, match="clip 3"):
+        render_montage(plan, audio_path=media["song"], clips=clips, out_path=tmp_path / "x.mp4")
+
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_render_failure_leaves_no_files(media: dict[str, Path], tmp_path: Path) -> None:
+    """When ffmpeg fails on a clip, no partial output or temp folder is left behind."""
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(media["red"].read_bytes()[:2000])
+    clips = {0: (broken, probe_media(media["red"]))}
+    plan = _plan(160, 90, _segments((0, 0.0, 10)))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    temp_before = set(Path("/tmp").glob("ecliptic-render-*"))
+
+    with pytest.raises(RenderFailed, match="segment 1 of 1"):
+        render_montage(plan, audio_path=media["song"], clips=clips, out_path=out_dir / "x.mp4")
+
+    assert not list(out_dir.iterdir())
+    assert set(Path("/tmp").glob("ecliptic-render-*")) == temp_before
+
+
+# ----- crafted inputs -------------------------------------------------------------------
+
+
+class FifoWatch:
+    """Report whether any process opens a FIFO for reading while the watch runs.
+
+    A non-blocking open for writing succeeds only while a reader has the FIFO open (or is
+    waiting in open), so polling it detects a read attempt without feeding any data.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.opened = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                time.sleep(0.005)
+                continue
+            self.opened = True
+            os.close(fd)
+
+    def __enter__(self) -> FifoWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def bait_fifo(tmp_path: Path) -> Iterator[Path]:
+    fifo = tmp_path / "bait.mp4"
+    os.mkfifo(fifo)
+    yield fifo
+
+
+CRAFTED = {
+    "ffconcat-as-mp4": ("clip.mp4", "ffconcat version 1.0\nfile bait.mp4\n"),
+    "hls-as-m3u8": (
+        "clip.m3u8",
+        "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXT-X-MEDIA-SEQUENCE:0\n"
+        "#EXTINF:10,\nbait.mp4\n#EXT-X-ENDLIST\n",
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(CRAFTED))
+def test_crafted_input_needs_guard(kind: str, tmp_path: Path, bait_fifo: Path) -> None:
+    """Without the input guard, ffmpeg follows the crafted file to the FIFO it names."""
+    name, text = CRAFTED[kind]
+    crafted = tmp_path / name
+    crafted.write_text(text)
+
+    with FifoWatch(bait_fifo) as watch:
+        subprocess.run(
+            [ffmpeg_exe(), "-nostdin", "-i", str(crafted), "-f", "null", "-"],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+
+    assert watch.opened, "the unguarded run never opened the FIFO, so this check proves nothing"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", sorted(CRAFTED))
+def test_crafted_input_rejected(
+    kind: str, media: dict[str, Path], tmp_path: Path, bait_fifo: Path
+) -> None:
+    """A playlist or concat list posing as a clip fails without reading the file it names."""
+    name, text = CRAFTED[kind]
+    crafted = tmp_path / name
+    crafted.write_text(text)
+    # The probe facts of a real clip, as if the crafted file had passed probing.
+    clips = {0: (crafted, probe_media(media["red"]))}
+    plan = _plan(160, 90, _segments((0, 0.0, 10)))
+
+    with FifoWatch(bait_fifo) as watch:
+        with pytest.raises(RenderFailed, match="segment 1 of 1"):
+            render_montage(plan, audio_path=media["song"], clips=clips, out_path=tmp_path / "x.mp4")
+        guarded = subprocess.run(
+            [ffmpeg_exe(), "-nostdin", *FFMPEG_INPUT_GUARD, "-i", str(crafted), "-f", "null", "-"],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+
+    assert guarded.returncode != 0
+    assert not watch.opened
+
+
+# ----- corpus -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CORPUS_VIDEO_FILES)
+def test_render_corpus_clip(name: str, media: dict[str, Path], tmp_path: Path) -> None:
+    """Every corpus video renders as a clip: 1 s of 240x426 in two segments."""
+    path = CORPUS / name
+    if not path.is_file():
+        pytest.skip(f"media corpus file not found: {path}")
+    info = probe_media(path)
+    plan = _plan(240, 426, _segments((0, 0.0, 15), (0, info.duration / 2, 15)))
+    out = tmp_path / "corpus.mp4"
+
+    render_montage(plan, audio_path=media["song"], clips={0: (path, info)}, out_path=out)
+
+    result = probe_media(out)
+    assert (result.width, result.height) == (240, 426)
+    assert result.pix_fmt == "yuv420p"
+    assert result.color_transfer == "bt709"
+    assert abs(result.duration - plan.duration) <= 1 / plan.fps
+    frames = _decode_video(out)
+    assert len(frames) == plan.total_frames
+    # A broken tone map or range conversion flattens the picture; the last frame comes from
+    # the middle of the clip, past the fade-in from black that some clips start with.
+    assert float(np.std(frames[-1])) > 5.0
