@@ -108,10 +108,11 @@ def test_paid_request_accepted_and_replay_returns_same_job(stack, media_server, 
     body = _body(media_server, small_media, username="replay")
     header = LocalPayer().payment_header(_challenge(stack, body), version=2)
 
-    first = requests.post(f"{stack.url}/montages", json=body, headers=dict([header]), timeout=60)
-    again = requests.post(f"{stack.url}/montages", json=body, headers=dict([header]), timeout=60)
+    paid = dict([header])
+    first = requests.post(f"{stack.url}/montages", json=body, headers=paid, timeout=60)
+    again = requests.post(f"{stack.url}/montages", json=body, headers=paid, timeout=60)
     other = dict(body, username="someone-else")
-    conflict = requests.post(f"{stack.url}/montages", json=other, headers=dict([header]), timeout=60)
+    conflict = requests.post(f"{stack.url}/montages", json=other, headers=paid, timeout=60)
 
     assert first.status_code == 202
     accepted = first.json()

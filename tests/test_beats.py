@@ -217,14 +217,17 @@ def test_track_beats_silence_rejected() -> None:
 
 
 def test_track_beats_speed() -> None:
-    """Analysis of one minute of audio takes well under a second."""
+    """Analysis of one minute of audio takes well under a second of CPU time."""
     samples, _ = synth_track(128.0, seconds=60.0, seed=8)
 
-    started = time.perf_counter()
-    track_beats(samples, SAMPLE_RATE)
-    elapsed = time.perf_counter() - started
+    # CPU time of this process, best of two, so other processes on the machine count less.
+    timings = []
+    for _ in range(2):
+        started = time.process_time()
+        track_beats(samples, SAMPLE_RATE)
+        timings.append(time.process_time() - started)
 
-    assert elapsed < 0.8, f"{elapsed:.2f} s for 60 s of audio"
+    assert min(timings) < 0.8, f"{min(timings):.2f} s of CPU for 60 s of audio"
 
 
 # ----- decoding real files --------------------------------------------------------------

@@ -316,7 +316,7 @@ def test_plan_clip_shorter_than_every_segment(caplog: pytest.LogCaptureFixture) 
     assert all(segment.source_start == 0.0 for segment in result.segments)
     warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
     assert len(warnings) == 1
-    assert "hold their last frame" in warnings[0].getMessage()
+    assert "longer than every clip" in warnings[0].getMessage()
 
 
 def test_plan_is_deterministic() -> None:

@@ -6,8 +6,8 @@ comes from a beat time this way, never from a sum of rounded segment lengths, so
 never accumulates into drift against the music.
 
 `segments_from_beat_spans` turns raw choices (clip, source start, first and last beat) into
-segments that tile the output exactly; the beat-grid planner uses it, and a model-driven
-planner can hand it its own choices.
+segments that tile the output exactly. The beat-grid planner uses it, and a model-driven
+planner can pass its own choices through it.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ MIN_SEGMENT_SECONDS = 0.5
 # Target segment lengths at the loudest and the quietest beats of the song.
 SHORT_SEGMENT_SECONDS = 1.0
 LONG_SEGMENT_SECONDS = 2.5
-# Beats per segment to choose from; a group is skipped when it lasts longer than this.
+# Beats per segment to choose from. A group that lasts longer than MAX_GROUP_SECONDS is
+# skipped.
 BEAT_GROUPS = (2, 4, 8)
 MAX_GROUP_SECONDS = 3.0
 BEATS_PER_BAR = 4
@@ -134,7 +135,7 @@ def segments_from_beat_spans(
     `total_frames`. A span that would get no frames is dropped and the next one starts
     where the dropped one would have. Source windows are kept inside the clip: a source
     start too close to the clip's end moves back, and a clip shorter than its segment
-    starts at 0 (the renderer then holds its last frame).
+    starts at 0 (the renderer then freezes on its last frame).
 
     Raises
     ------
@@ -193,7 +194,7 @@ def summarize_plan(plan: MontagePlan) -> dict[str, Any]:
     """Return a small JSON-able summary of the plan for the job record.
 
     Times are seconds of output (`start`, `end`) and of the clip (`source`), rounded to
-    milliseconds; at most SUMMARY_MAX_SEGMENTS segments are listed.
+    milliseconds. At most SUMMARY_MAX_SEGMENTS segments are listed.
     """
     listed = [
         {
@@ -226,8 +227,8 @@ def summarize_plan(plan: MontagePlan) -> dict[str, Any]:
 def _end_time(analysis: Analysis, max_duration: float, duration_seconds: float | None) -> float:
     """Song time at which the montage ends.
 
-    One beat after the last beat lets the final hit ring instead of cutting it off; the
-    song's end, `max_duration` and `duration_seconds` cap it.
+    It is one beat after the last beat, so the final hit rings instead of being cut off.
+    The song's end, `max_duration` and `duration_seconds` cap it.
     """
     grid = analysis.beat_grid
     period = 60.0 / grid.tempo
@@ -246,7 +247,7 @@ def _end_time(analysis: Analysis, max_duration: float, duration_seconds: float |
 
 
 def _choose_cuts(analysis: Analysis, audio_start: float, end_time: float, fps: int) -> list[int]:
-    """Beat indexes where segments start; the first is the first beat at `audio_start`.
+    """Choose the beat indexes where segments start, from the first beat at `audio_start`.
 
     The first segment runs to the first downbeat when that leaves it long enough, so later
     cuts fall on bar lines and every second beat.
@@ -322,14 +323,14 @@ def _assign_clips(clips: Sequence[ClipFacts], lengths: Sequence[float]) -> list[
     """Pick (clip index, source start) for each segment length, in order.
 
     Clips take turns in request order. A segment longer than the clip whose turn it is goes
-    to the next clip in turn that is long enough; only when no clip is, it starts the
-    shorter clip at 0. Each clip keeps a cursor that advances by what it showed and wraps
-    to 0 when the rest of the clip is too short.
+    to the next clip in turn that is long enough. When no clip is long enough, the segment
+    starts the clip whose turn it is at 0. Each clip keeps a cursor that advances by what
+    it showed and wraps to 0 when the rest of the clip is too short.
     """
     ordered = sorted(clips, key=lambda clip: clip.index)
     cursors = {clip.index: 0.0 for clip in ordered}
     turn = 0
-    held: list[int] = []
+    frozen_segments: list[int] = []
     choices: list[tuple[int, float]] = []
     for number, seconds in enumerate(lengths):
         rotation = [ordered[(turn + step) % len(ordered)] for step in range(len(ordered))]
@@ -339,7 +340,7 @@ def _assign_clips(clips: Sequence[ClipFacts], lengths: Sequence[float]) -> list[
 
         duration = clip.info.duration
         if duration < seconds:
-            held.append(number)
+            frozen_segments.append(number)
             choices.append((clip.index, 0.0))
             continue
         start = cursors[clip.index]
@@ -348,10 +349,11 @@ def _assign_clips(clips: Sequence[ClipFacts], lengths: Sequence[float]) -> list[
         cursors[clip.index] = start + seconds
         choices.append((clip.index, start))
 
-    if held:
+    if frozen_segments:
         logger.warning(
-            "%d of %d segments are longer than every clip; those clips hold their last frame",
-            len(held), len(lengths),
+            "%d of %d segments are longer than every clip; the renderer freezes those clips "
+            "on their last frame",
+            len(frozen_segments), len(lengths),
         )  # fmt: skip
     return choices
 

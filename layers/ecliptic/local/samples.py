@@ -59,7 +59,11 @@ def make_song(path: Path, *, bpm: float = DEMO_BPM, seconds: float = DEMO_SONG_S
 _CLIP_SOURCES: list[tuple[str, str]] = [
     ("city-grid.mp4", "testsrc2=size=1280x720:rate=30:duration=9"),
     ("sunset-gradient.mp4", "gradients=size=1280x720:rate=30:duration=7:speed=0.02:seed=7"),
-    ("tall-life.mp4", "life=size=360x640:rate=30:mold=10:ratio=0.1:death_color=#203040:life_color=#f0c040,scale=720:1280:flags=neighbor,trim=duration=8"),
+    (
+        "tall-life.mp4",
+        "life=size=360x640:rate=30:mold=10:ratio=0.1:death_color=#203040:life_color=#f0c040,"
+        "scale=720:1280:flags=neighbor,trim=duration=8",
+    ),
     ("fractal-zoom.mp4", "mandelbrot=size=640x640:rate=30,trim=duration=6"),
 ]
 

@@ -31,8 +31,8 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 22050
 DECODE_TIMEOUT_SECONDS = 180.0
-# Decoding stops here: 20 minutes of float32 mono at 22050 Hz is about 106 MB, and no
-# montage uses more than the first 600 s of music.
+# Decoding stops here. Twenty minutes of float32 mono at 22050 Hz is about 106 MB, and the
+# API caps a montage at 600 s of music.
 MAX_ANALYSIS_SECONDS = 1200.0
 
 HOP_SECONDS = 256 / 22050  # about 11.6 ms between onset-envelope frames
@@ -41,8 +41,7 @@ TEMPO_MIN_BPM = 60.0
 TEMPO_MAX_BPM = 200.0
 TEMPO_PRIOR_BPM = 120.0
 TEMPO_PRIOR_OCTAVES = 1.0
-# Weight of the beat-period penalty in the dynamic program; 100 is the value Ellis (2007)
-# and librosa use.
+# Weight of the beat-period penalty in the dynamic program (librosa's `beat_track` default).
 TIGHTNESS = 100.0
 # Frames quieter than this (RMS, dBFS) count as silence.
 SILENCE_DBFS = -50.0
@@ -149,9 +148,12 @@ def track_beats(samples: np.ndarray, sample_rate: int) -> BeatGrid:
         The audio is silent (no frame reaches -50 dBFS) or empty.
     """
     samples = np.asarray(samples, dtype=np.float32)
+    if samples.size == 0:
+        raise MediaRejected("The audio decoded to no samples; send a file with audible audio.")
+    if not np.isfinite(samples).all():
+        # Float WAV files can carry NaN or infinite samples. Treat them as silence.
+        samples = np.nan_to_num(samples, nan=0.0, posinf=0.0, neginf=0.0)
     duration = samples.size / sample_rate
-    if samples.size == 0 or not np.isfinite(samples).all():
-        raise MediaRejected("The audio decoded to no usable samples.")
 
     hop = max(32, round(sample_rate * HOP_SECONDS))
     frame_rate = sample_rate / hop
@@ -179,7 +181,8 @@ def track_beats(samples: np.ndarray, sample_rate: int) -> BeatGrid:
     beat_frames = _track(onset, periods) + lo
     beats = beat_frames.astype(np.float64) / frame_rate
 
-    # Keep beats inside the music; the tracker may put one just before the first onset.
+    # Keep beats inside the music, because the tracker may put one just before the first
+    # onset.
     tolerance = 0.05
     beats = beats[(beats >= music_start - tolerance) & (beats <= music_stop + tolerance)]
     if beats.size < 2:
@@ -279,8 +282,10 @@ def _mel_centres(sample_rate: int) -> np.ndarray:
 
 def _frame_levels(samples: np.ndarray, hop: int, frame_count: int) -> np.ndarray:
     """RMS level in dBFS of `hop`-long blocks centred on each envelope frame."""
-    padded = np.pad(samples, (hop // 2, frame_count * hop))[: frame_count * hop]
-    power = (padded.reshape(frame_count, hop).astype(np.float64) ** 2).mean(axis=1)
+    # Frame i covers samples [i * hop - hop / 2, i * hop + hop / 2).
+    padded = np.pad(samples, (hop // 2, hop + hop // 2))[: frame_count * hop]
+    padded = np.pad(padded, (0, frame_count * hop - padded.size))
+    power = (padded.reshape(frame_count, hop) ** 2).mean(axis=1, dtype=np.float64)
     return 10.0 * np.log10(np.maximum(power, 1e-20))
 
 
@@ -299,7 +304,7 @@ def _music_range(level_db: np.ndarray, frame_rate: float) -> tuple[int, int]:
     audible = np.flatnonzero(smooth_db > threshold)
     if audible.size == 0:
         return 0, 0
-    # Centred smoothing lifts the level up to half a window before the onset: start at
+    # Centred smoothing lifts the level up to half a window before the onset, so start at
     # the first frame that is itself above the threshold.
     first = int(audible[0])
     loud_frames = np.flatnonzero(level_db[first:] > threshold)
@@ -411,7 +416,7 @@ def _track(envelope: np.ndarray, periods: np.ndarray) -> np.ndarray:
     Returns beat positions in frames.
     """
     count = envelope.size
-    # Smooth the onsets with a Gaussian about 1/32 of a period wide, as Ellis does.
+    # Smooth the onsets with a Gaussian 1/32 of a period wide, as librosa's tracker does.
     mean_period = float(np.mean(periods))
     half = max(1, round(mean_period))
     kernel = np.exp(-0.5 * (np.arange(-half, half + 1) * 32.0 / mean_period) ** 2)
@@ -498,9 +503,11 @@ def _beat_energy(samples: np.ndarray, sample_rate: int, beats: np.ndarray) -> np
     """
     edges = np.append(beats, beats[-1] + (beats[-1] - beats[-2]))
     bounds = np.clip(np.round(edges * sample_rate).astype(np.int64), 0, samples.size)
-    squares = np.concatenate(([0.0], np.cumsum(samples.astype(np.float64) ** 2)))
-    lengths = np.maximum(1, bounds[1:] - bounds[:-1])
-    power = (squares[bounds[1:]] - squares[bounds[:-1]]) / lengths
+    power = np.zeros(beats.size)
+    for index, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        span = samples[start:stop].astype(np.float64)
+        if span.size:
+            power[index] = float(np.dot(span, span)) / span.size
     level = 10.0 * np.log10(np.maximum(power, 1e-12))
     low, high = np.percentile(level, [5, 95])
     if high - low < 1.0:
@@ -511,7 +518,7 @@ def _beat_energy(samples: np.ndarray, sample_rate: int, beats: np.ndarray) -> np
 def _downbeats(
     beats: np.ndarray, bass: np.ndarray, frame_rate: float, energy: np.ndarray
 ) -> np.ndarray:
-    """Every 4th beat, starting at the phase with the most bass onset energy.
+    """Pick every 4th beat, starting at the phase with the most bass onset energy.
 
     Kick drums and bass notes tend to land on the first beat of a bar. Per-beat energy
     breaks ties.
