@@ -45,7 +45,7 @@ def _print(line: str = "") -> None:
 
 
 def _best_time(samples: np.ndarray) -> tuple[float, object]:
-    """Run the tracker REPEATS times; return the fastest wall time and the grid."""
+    """Run the tracker REPEATS times and return the fastest wall time with the grid."""
     best = float("inf")
     grid = None
     for _ in range(REPEATS):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -209,9 +210,7 @@ def test_plan_duration_seconds_beyond_song() -> None:
 
 def test_plan_short_song_single_segment() -> None:
     """A song with two beats still gets a plan."""
-    grid = BeatGrid(
-        duration=1.5, tempo=120.0, beats=[0.2, 0.7], first_beat=0.2, last_beat=0.7
-    )
+    grid = BeatGrid(duration=1.5, tempo=120.0, beats=[0.2, 0.7], first_beat=0.2, last_beat=0.7)
     analysis = make_analysis(grid, [4.0])
 
     result = plan(analysis)
@@ -220,7 +219,7 @@ def test_plan_short_song_single_segment() -> None:
     assert result.segments[-1].end_frame == result.total_frames
 
 
-def test_plan_rejects_song_without_music_after_first_beat() -> None:
+def test_plan_rejects_empty_song() -> None:
     """A grid whose first beat is the end of the song leaves nothing to plan."""
     grid = BeatGrid(duration=1.0, tempo=120.0, beats=[0.5, 1.0], first_beat=1.0, last_beat=1.0)
     analysis = make_analysis(grid, [4.0])
@@ -265,7 +264,7 @@ def test_plan_rotates_clips_in_request_order() -> None:
 
 
 def test_plan_source_windows_inside_clips() -> None:
-    """No segment asks a clip for frames past its end."""
+    """No segment requests frames past the end of its clip."""
     durations = [2.4, 5.0, 11.0, 3.1]
     analysis = make_analysis(make_grid(97.0, music_seconds=90.0), durations)
 
@@ -396,3 +395,4 @@ def test_summarize_plan_small_and_json() -> None:
     assert first == {"clip": 0, "source": 0.0, "start": 0.0, "end": first["end"]}
     assert summary["segments"][-1]["end"] == pytest.approx(12.0)
     assert "segmentsTruncated" not in summary
+    assert len(json.dumps(summary)) < 2000

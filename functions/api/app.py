@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -23,6 +24,8 @@ from ecliptic.x402.response import CORS_EXPOSE_HEADERS
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
+# Reads and rejected requests publish no metrics; that is expected, not worth a warning.
+warnings.filterwarnings("ignore", message="No application metrics to publish")
 cors = CORSConfig(
     allow_origin="*",
     allow_headers=["Content-Type", "X-PAYMENT", "PAYMENT-SIGNATURE"],

@@ -39,10 +39,27 @@ def media_client() -> S3Client:
     if settings.r2_endpoint_url:
         kwargs["endpoint_url"] = settings.r2_endpoint_url
         kwargs["region_name"] = "auto"
-    if settings.r2_access_key_id and settings.r2_secret_access_key:
-        kwargs["aws_access_key_id"] = settings.r2_access_key_id
-        kwargs["aws_secret_access_key"] = settings.r2_secret_access_key
+    access_key_id, secret_access_key = r2_credentials()
+    if access_key_id and secret_access_key:
+        kwargs["aws_access_key_id"] = access_key_id
+        kwargs["aws_secret_access_key"] = secret_access_key
     return boto3.client("s3", **kwargs)
+
+
+def r2_credentials() -> tuple[str | None, str | None]:
+    """Return the R2 access key pair: from the environment, else from Secrets Manager.
+
+    The secret holds `{"accessKeyId": ..., "secretAccessKey": ...}`. Neither value is logged.
+    """
+    settings = get_settings()
+    if settings.r2_access_key_id and settings.r2_secret_access_key:
+        return settings.r2_access_key_id, settings.r2_secret_access_key
+    if not settings.r2_credentials_secret_arn:
+        return None, None
+    from aws_lambda_powertools.utilities import parameters
+
+    secret = parameters.get_secret(settings.r2_credentials_secret_arn, transform="json")
+    return secret["accessKeyId"], secret["secretAccessKey"]
 
 
 @lru_cache(maxsize=1)

@@ -24,6 +24,10 @@ class Settings(BaseModel):
     r2_endpoint_url: str | None = None
     r2_access_key_id: str | None = None
     r2_secret_access_key: str | None = None
+    r2_credentials_secret_arn: str | None = Field(
+        default=None,
+        description='Secrets Manager secret {"accessKeyId", "secretAccessKey"} for R2',
+    )
     public_base_url: str | None = Field(
         default=None, description="serve outputs from this base URL instead of presigning"
     )
@@ -40,6 +44,7 @@ class Settings(BaseModel):
     payment_window_seconds: int = 60
     facilitator_url: str = "https://api.cdp.coinbase.com/platform/v2/x402"
     facilitator_mode: str = Field(default="http", pattern="^(http|offline)$")
+    facilitator_credentials_secret_arn: str | None = None
 
     # Media staging.
     allow_loopback_urls: bool = False
@@ -55,6 +60,8 @@ class Settings(BaseModel):
     max_duration_seconds: float = 180.0
     render_timeout_seconds: float = 840.0
     gemini_model: str = "gemini-2.5-flash"
+    gemini_api_key: str | None = None
+    gemini_api_key_secret_arn: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:

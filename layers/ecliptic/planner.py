@@ -41,7 +41,7 @@ class BeatSpan(NamedTuple):
     """One planner choice: show `clip` from `source_start` between two beats.
 
     `beat_start` and `beat_end` index `beat_grid.beats`. The last span of a plan runs to
-    the plan's end time instead of `beats[beat_end]`: its `beat_end` is the first beat at
+    the plan's end time instead of `beats[beat_end]`. Its `beat_end` is the first beat at
     or after that time, or the last beat (then it may equal `beat_start`).
     """
 
@@ -71,7 +71,8 @@ def plan_beat_grid(
     The montage runs from the first musical beat to one beat after the last beat (at most
     to the end of the song), capped by `max_duration` and by `duration_seconds` when given.
     Segments last 2, 4 or 8 beats, whichever comes closest to a target of 1 s on the
-    loudest beats and 2.5 s on the quietest. Clips take turns in request order, and each
+    loudest beats and 2.5 s on the quietest. The first segment may instead run to the
+    first downbeat. Clips take turns in request order, and each
     clip continues from where its previous segment stopped, wrapping to its start.
 
     Raises
@@ -131,7 +132,7 @@ def segments_from_beat_spans(
     """Turn beat spans into segments that tile frames [0, total_frames) exactly.
 
     `total_frames` is `round((end_time - audio_start) * fps)`. Each span ends on the frame
-    of `beats[beat_end]` and the next span starts there; the last span ends at
+    of `beats[beat_end]` and the next span starts there. The last span ends at
     `total_frames`. A span that would get no frames is dropped and the next one starts
     where the dropped one would have. Source windows are kept inside the clip: a source
     start too close to the clip's end moves back, and a clip shorter than its segment
@@ -239,7 +240,7 @@ def _end_time(analysis: Analysis, max_duration: float, duration_seconds: float |
     if duration_seconds is not None:
         if duration_seconds > length:
             logger.info(
-                "job %s asked for %.1f s but the song allows %.1f s from its first beat",
+                "job %s requested %.1f s but the song has %.1f s from its first beat",
                 analysis.job_id, duration_seconds, length,
             )  # fmt: skip
         length = min(length, duration_seconds)

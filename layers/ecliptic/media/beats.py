@@ -145,7 +145,8 @@ def track_beats(samples: np.ndarray, sample_rate: int) -> BeatGrid:
     Raises
     ------
     MediaRejected
-        The audio is silent (no frame reaches -50 dBFS) or empty.
+        The audio is empty, silent (never louder than -80 dBFS) or shorter than two beats
+        at 120 BPM.
     """
     samples = np.asarray(samples, dtype=np.float32)
     if samples.size == 0:
@@ -165,7 +166,7 @@ def track_beats(samples: np.ndarray, sample_rate: int) -> BeatGrid:
     start, stop = _music_range(level_db, frame_rate)
     if stop - start < 2:
         raise MediaRejected(
-            f"The audio is silent: no part of it reaches {SILENCE_DBFS:.0f} dBFS; "
+            f"The audio is silent (never louder than {QUIET_FLOOR_DBFS:.0f} dBFS); "
             "send a song with audible music."
         )
     music_start = start / frame_rate
@@ -186,7 +187,7 @@ def track_beats(samples: np.ndarray, sample_rate: int) -> BeatGrid:
     tolerance = 0.05
     beats = beats[(beats >= music_start - tolerance) & (beats <= music_stop + tolerance)]
     if beats.size < 2:
-        beats = _fallback_beats(music_start, max(music_stop, duration))
+        beats = _fallback_beats(music_start, music_stop, duration)
     beats = np.clip(beats, 0.0, duration)
 
     tempo_bpm = 60.0 * (beats.size - 1) / float(beats[-1] - beats[0])
@@ -487,10 +488,24 @@ def _last_beat(score: np.ndarray, periods: np.ndarray) -> int:
     return first + int(np.argmax(score[first:]))
 
 
-def _fallback_beats(start: float, stop: float) -> np.ndarray:
+def _fallback_beats(start: float, stop: float, duration: float) -> np.ndarray:
+    """Return a 120 BPM grid over the music, for music too short or sparse to track.
+
+    Raises
+    ------
+    MediaRejected
+        Not even two beats at 120 BPM fit in the audio.
+    """
     period = 60.0 / FALLBACK_BPM
-    count = max(2, int((stop - start) / period) + 1)
-    return start + period * np.arange(count)
+    count = int((max(stop, start + period) - start) / period) + 1
+    beats = start + period * np.arange(count)
+    beats = beats[beats <= duration]
+    if beats.size < 2:
+        raise MediaRejected(
+            f"The song is too short to cut to: {duration:.2f} s with music from "
+            f"{start:.2f} s. Send at least {2 * period:.0f} s of music."
+        )
+    return beats
 
 
 # ----- energy and downbeats -------------------------------------------------------------

@@ -35,8 +35,9 @@ AUDIO_SAMPLE_RATE = 48000
 FADE_OUT_SECONDS = 1.0
 # A clip whose display aspect is within this ratio of 1:1 counts as square.
 SQUARE_TOLERANCE = 1.1
-# Container families whose seek index finds the keyframe before a time. Other inputs
-# (MPEG-TS above all, which ffmpeg 9.0 seeks by byte position) are decoded from the start.
+# Container families with a keyframe index (MP4/MOV sample tables, Matroska cues) that
+# input seeking can use. Other inputs are decoded from the start: ffmpeg 9.0 seeks MPEG-TS
+# by byte position and can land past the only keyframe of a clip.
 _INDEXED_FORMATS = ("mov,", "matroska,")
 # Share of the progress range that the segment encodes take; the final mux takes the rest.
 _SEGMENTS_PROGRESS_SHARE = 0.95
@@ -206,19 +207,8 @@ def _encode_segments(
         def report(fraction: float, done_before: float = done_before, share: float = share) -> None:
             progress.report((done_before + fraction * share) * _SEGMENTS_PROGRESS_SHARE)
 
-        input_seek = segment.source_start > 0 and info.format_name.startswith(_INDEXED_FORMATS)
         try:
-            _encode_segment(plan, number, segment, path, info, part, deadline, report, input_seek)
-            frames = _count_frames(part)
-            if frames == 0 and input_seek:
-                logger.warning(
-                    "segment %d: seeking clip %d gave no frames; decoding it from the start",
-                    number, segment.clip,
-                )  # fmt: skip
-                _encode_segment(plan, number, segment, path, info, part, deadline, report, False)
-                frames = _count_frames(part)
-            if frames != segment.frames:
-                raise RenderFailed(f"it has {frames} frames, expected {segment.frames}.")
+            _encode_segment_checked(plan, number, segment, path, info, part, deadline, report)
         except RenderFailed as exc:
             raise RenderFailed(
                 f"Rendering segment {number} of {len(plan.segments)} "
@@ -230,7 +220,7 @@ def _encode_segments(
     return parts
 
 
-def _encode_segment(
+def _encode_segment_checked(
     plan: MontagePlan,
     number: int,
     segment: Segment,
@@ -239,13 +229,13 @@ def _encode_segment(
     part: Path,
     deadline: float,
     on_progress: Callable[[float], None],
-    input_seek: bool,
 ) -> None:
-    """Encode one segment to `part`.
+    """Encode one segment, seeking by index when that is safe, and check its frame count.
 
-    With `input_seek`, ffmpeg seeks to the keyframe before `source_start` and decodes from
-    there. Without it, the clip is decoded from its start and the `trim` filter drops the
-    frames before `source_start`, which is slower but does not depend on a keyframe index.
+    Some files mark frames as keyframes that do not decode on their own (the corpus cockatoo
+    MP4 decodes to grey blocks after any seek), and an MPEG-TS seek can land past the only
+    keyframe. So the seeking run stops at the first corrupt frame (`-xerror`) and a run
+    that fails or yields no frames is repeated with the clip decoded from its start.
     """
     slot_seconds = segment.frames / plan.fps
     source_start = _clamped_start(number, segment, info)
@@ -256,9 +246,53 @@ def _encode_segment(
             "holding its last frame",
             number, segment.clip, max(0.0, available), source_start, slot_seconds,
         )  # fmt: skip
+    encode_args = (plan, segment, path, info, source_start, part, deadline, on_progress)
 
-    args: list[str] = ["-y", *FFMPEG_INPUT_GUARD]
+    if source_start > 0 and info.format_name.startswith(_INDEXED_FORMATS):
+        try:
+            _encode_segment(*encode_args, input_seek=True)
+            frames = _count_frames(part)
+        except RenderFailed as exc:
+            logger.debug("segment %d: seeking run failed: %s", number, exc.detail)
+            frames = 0
+        if frames == segment.frames:
+            return
+        logger.warning(
+            "segment %d: seeking in clip %d gave %d of %d frames; decoding it from the start",
+            number, segment.clip, frames, segment.frames,
+        )  # fmt: skip
+
+    _encode_segment(*encode_args, input_seek=False)
+    frames = _count_frames(part)
+    if frames != segment.frames:
+        raise RenderFailed(f"it has {frames} frames, expected {segment.frames}.")
+
+
+def _encode_segment(
+    plan: MontagePlan,
+    segment: Segment,
+    path: Path,
+    info: MediaInfo,
+    source_start: float,
+    part: Path,
+    deadline: float,
+    on_progress: Callable[[float], None],
+    *,
+    input_seek: bool,
+) -> None:
+    """Encode one segment to `part`.
+
+    With `input_seek`, ffmpeg seeks to the keyframe before `source_start`, decodes from
+    there and stops at the first corrupt frame. Without it, the clip is decoded from its
+    start and the `trim` filter drops the frames before `source_start`, which is slower but
+    does not depend on the keyframe index.
+    """
+    slot_seconds = segment.frames / plan.fps
+    args: list[str] = ["-y"]
+    if input_seek:
+        args.append("-xerror")
     # input: -ss and trim both count from the container start_time, which ffmpeg maps to 0
+    args += FFMPEG_INPUT_GUARD
     if input_seek:
         args += ["-ss", f"{source_start:.6f}"]
     args += ["-i", f"file:{path.resolve()}"]
@@ -286,7 +320,8 @@ def _clamped_start(number: int, segment: Segment, info: MediaInfo) -> float:
     if segment.source_start <= latest:
         return segment.source_start
     logger.warning(
-        "segment %d: source_start %.3f s is past the end of clip %d (%.3f s); using %.3f s",
+        "segment %d: source_start %.3f s is too close to the end of clip %d (%.3f s); "
+        "using %.3f s",
         number, segment.source_start, segment.clip, info.duration, latest,
     )  # fmt: skip
     return latest
