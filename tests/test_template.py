@@ -377,7 +377,7 @@ def _requirement_name(requirement: str) -> str:
     ],
 )
 def test_requirements_match_pyproject(path: str) -> None:
-    """Deployed requirements repeat the bounds of pyproject.toml and leave out boto3."""
+    """Deployed requirements repeat the bounds of pyproject.toml."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     declared = list(project["dependencies"])
     for extra in project["optional-dependencies"].values():
@@ -385,5 +385,4 @@ def test_requirements_match_pyproject(path: str) -> None:
     by_name = {_requirement_name(item): item.replace(" ", "") for item in declared}
     for requirement in _requirement_lines(ROOT / path):
         name = _requirement_name(requirement)
-        assert name != "boto3", f"{path}: the Lambda runtime provides boto3"
         assert by_name.get(name) == requirement.replace(" ", ""), f"{path}: {requirement}"
