@@ -116,11 +116,13 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "-map", "0:a", "-map", "1:v", "-c:v", "libx264", "-pix_fmt", "yuv420p",
         "-c:a", "aac", str(paths["landscape"]),
     )  # fmt: skip
+
     # 0.5 s portrait at 60 fps: shorter than the slot it gets.
     _ffmpeg(
         "-f", "lavfi", "-i", "testsrc2=size=360x640:rate=60:duration=0.5",
         "-c:v", "libx264", "-pix_fmt", "yuv420p", str(paths["portrait_short"]),
     )  # fmt: skip
+
     _ffmpeg(
         "-f", "lavfi", "-i", "color=color=red:size=320x240:rate=30:duration=3",
         "-c:v", "libx264", "-pix_fmt", "yuv420p", str(paths["red"]),
@@ -129,6 +131,7 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "-f", "lavfi", "-i", "color=color=blue:size=320x240:rate=24:duration=3",
         "-c:v", "libx264", "-pix_fmt", "yuv444p", str(paths["blue"]),
     )  # fmt: skip
+
     # Mono 44.1 kHz: 2 s of silence, then a tone. The render must resample to 48 kHz stereo.
     _ffmpeg(
         "-f", "lavfi", "-i",
@@ -316,9 +319,11 @@ def test_render_cuts_on_exact_frames(media: dict[str, Path], tmp_path: Path) -> 
         for index in range(segment.start_frame, segment.end_frame):
             red, _, blue = frames[index].reshape(-1, 3).mean(axis=0)
             if segment.clip == 0:
-                assert red > 200 and blue < 50, f"frame {index} is not red"
+                assert red > 200, f"frame {index} is not red"
+                assert blue < 50, f"frame {index} is not red"
             else:
-                assert blue > 200 and red < 50, f"frame {index} is not blue"
+                assert blue > 200, f"frame {index} is not blue"
+                assert red < 50, f"frame {index} is not blue"
 
 
 @pytest.mark.slow
@@ -339,6 +344,60 @@ def test_render_holds_short_clip(media: dict[str, Path], tmp_path: Path) -> None
     assert 14 <= distinct <= 16
     for frame in frames[16:]:
         assert float(np.abs(frame - frames[-1]).mean()) < 0.5
+
+
+def _white_box(frame: np.ndarray) -> tuple[int, int]:
+    """Return the (width, height) of the bounding box of bright pixels."""
+    rows, cols = np.nonzero(frame.mean(axis=2) > 128)
+    return int(cols.max() - cols.min() + 1), int(rows.max() - rows.min() + 1)
+
+
+@pytest.mark.slow
+def test_render_square_pixels_from_sar(tmp_path: Path, media: dict[str, Path]) -> None:
+    """A circle stored squeezed with SAR 2:1 comes out round in square output pixels."""
+    clip = tmp_path / "sar.mp4"
+    # 320x360 coded at SAR 2:1 displays as 640x360 and the ellipse as a circle of radius 100.
+    _ffmpeg(
+        "-f", "lavfi", "-i", "color=color=black:size=320x360:rate=30:duration=1",
+        "-vf", "geq=lum='if(lt(hypot((X-W/2)*2,Y-H/2),100),235,16)':cb=128:cr=128,setsar=2",
+        "-c:v", "libx264", "-pix_fmt", "yuv420p", str(clip),
+    )  # fmt: skip
+    info = probe_media(clip)
+    assert (info.width, info.height) == (640, 360)
+    plan = _plan(320, 320, _segments((0, 0.0, 3)))
+    out = tmp_path / "round.mp4"
+
+    render_montage(plan, audio_path=media["song"], clips={0: (clip, info)}, out_path=out)
+
+    width, height = _white_box(_decode_video(out)[0])
+    # Radius 100 in a 360-pixel-high square crop, scaled to 320: about 178 pixels across.
+    assert abs(width - height) <= 3
+    assert 170 <= height <= 185
+
+
+@pytest.mark.slow
+def test_render_applies_rotation(tmp_path: Path, media: dict[str, Path]) -> None:
+    """A landscape-coded clip tagged with a 90 degree turn fills a portrait frame upright."""
+    coded = tmp_path / "coded.mp4"
+    rotated = tmp_path / "rotated.mp4"
+    # Left half white: after the clockwise turn that a player applies, the top half is white.
+    _ffmpeg(
+        "-f", "lavfi", "-i", "color=color=black:size=640x360:rate=30:duration=1",
+        "-vf", "drawbox=x=0:y=0:w=320:h=360:color=white:t=fill",
+        "-c:v", "libx264", "-pix_fmt", "yuv420p", str(coded),
+    )  # fmt: skip
+    _ffmpeg("-display_rotation", "-90", "-i", str(coded), "-c", "copy", str(rotated))
+    info = probe_media(rotated)
+    assert info.rotation == 90
+    assert (info.width, info.height) == (360, 640)
+    plan = _plan(180, 320, _segments((0, 0.0, 3)))
+    out = tmp_path / "upright.mp4"
+
+    render_montage(plan, audio_path=media["song"], clips={0: (rotated, info)}, out_path=out)
+
+    frame = _decode_video(out)[0].mean(axis=2)
+    assert frame[:150].mean() > 200
+    assert frame[170:].mean() < 50
 
 
 @pytest.mark.slow
@@ -548,3 +607,27 @@ def test_render_seek_fallback(tmp_path: Path, media: dict[str, Path]) -> None:
     reference_means = reference.reshape(-1, 3).mean(axis=0)
     rendered_means = rendered.reshape(-1, 3).mean(axis=0)
     assert np.abs(reference_means - rendered_means).max() < 6.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("song", ["bear-id3v2-apic-cover.mp3", "bear-flac-png-cover.flac"])
+def test_render_song_with_cover_art(song: str, tmp_path: Path, media: dict[str, Path]) -> None:
+    """A song's cover art stays out of the output, which has one video and one audio stream."""
+    path = CORPUS / song
+    if not path.is_file():
+        pytest.skip(f"media corpus file not found: {path}")
+    clips = _clips(media, "red")
+    # 4 s of output from 0.5 s into a 2.7 s song: the end is padded with silence.
+    plan = _plan(160, 90, _segments((0, 0.0, 120)), audio_start=0.5)
+    out = tmp_path / "cover.mp4"
+
+    render_montage(plan, audio_path=path, clips=clips, out_path=out)
+
+    with av.open(str(out)) as container:
+        kinds = sorted(stream.type for stream in container.streams)
+        video = container.streams.video[0]
+        assert video.codec_context.width == 160
+        assert video.frames == 120
+    assert kinds == ["audio", "video"]
+    samples, rate = _decode_audio(out)
+    assert samples.shape[1] == pytest.approx(4.0 * rate, abs=1024)

@@ -27,7 +27,7 @@ def plan_job(job_id: str, analysis_key: str) -> str:
     PlanFailed
         The beat grid or the clips leave nothing to plan.
     """
-    from ecliptic.media.render import choose_frame_size, scale_frame
+    from ecliptic.frame import choose_frame_size, scale_frame
     from ecliptic.planner import plan_beat_grid, summarize_plan
 
     settings = get_settings()

@@ -25,10 +25,10 @@ logger = logging.getLogger(__name__)
 
 FFMPEG_ENV_VAR = "ECLIPTIC_FFMPEG"
 
-# Demuxers that may open user media. Each reads the one file it is given; demuxers that
-# open other files or URLs named inside the input (hls, dash, concat, image2 sequences,
-# webm_dash_manifest, tee) are left out. ffmpeg matches any comma-separated alias, so
-# "mov" also admits mp4/m4a/3gp and "matroska" also admits webm.
+# Demuxers that may open user media. Each one reads only the file it is given. Demuxers
+# that open other files or URLs named inside the input (hls, dash, concat, image2
+# sequences, webm_dash_manifest) are left out. ffmpeg matches any comma-separated alias of
+# a demuxer's name, so "mov" also admits mp4/m4a/3gp and "matroska" also admits webm.
 ALLOWED_DEMUXERS: tuple[str, ...] = (
     "mov",
     "matroska",
@@ -129,7 +129,7 @@ def run_ffmpeg(
     Raises
     ------
     RenderFailed
-        On a non-zero exit status or a timeout. `detail` holds the stderr tail.
+        On a non-zero exit status or a timeout. `detail` contains the stderr tail.
     """
     argv = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats"]
     track_progress = on_progress is not None and total_seconds is not None and total_seconds > 0
@@ -145,9 +145,9 @@ def run_ffmpeg(
         stdout=subprocess.PIPE if track_progress else subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    stderr_tail: deque[str] = deque(maxlen=_STDERR_TAIL_LINES)
+    stderr_tail: deque[str | None] = deque(maxlen=_STDERR_TAIL_LINES)
     readers = [_start_reader(process.stderr, stderr_tail.append)]
-    progress_lines: queue.Queue[str] = queue.Queue()
+    progress_lines: queue.Queue[str | None] = queue.Queue()
     if track_progress:
         readers.append(_start_reader(process.stdout, progress_lines.put))
 
@@ -184,21 +184,23 @@ def run_ffmpeg(
 
 def _follow_progress(
     process: subprocess.Popen[bytes],
-    lines: queue.Queue[str],
+    lines: queue.Queue[str | None],
     deadline: float,
     on_progress: Callable[[float], None],
     total_seconds: float,
 ) -> bool:
     """Pass `-progress` reports to `on_progress` until the process ends; True on timeout."""
     last_report = time.monotonic()
-    while process.poll() is None or not lines.empty():
+    while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return True
         try:
-            line = lines.get(timeout=min(0.5, remaining))
+            line = lines.get(timeout=remaining)
         except queue.Empty:
-            continue
+            return True
+        if line is None:  # stdout closed: ffmpeg is exiting
+            break
 
         key, _, value = line.strip().partition("=")
         # ffmpeg writes both out_time_us and out_time_ms, and both are in microseconds.
@@ -210,24 +212,32 @@ def _follow_progress(
         last_report = now
         fraction = int(value) / 1_000_000 / total_seconds
         on_progress(min(1.0, max(0.0, fraction)))
+
+    try:
+        process.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        return True
     return False
 
 
-def _start_reader(stream: IO[bytes] | None, sink: Callable[[str], None]) -> threading.Thread:
-    """Drain `stream` line by line in a daemon thread, so a full pipe never blocks ffmpeg."""
+def _start_reader(stream: IO[bytes] | None, sink: Callable[[str | None], None]) -> threading.Thread:
+    """Drain `stream` line by line in a daemon thread, so a full pipe never blocks ffmpeg.
+
+    `sink` receives None once the stream is closed.
+    """
 
     def drain() -> None:
-        if stream is None:
-            return
-        with stream:
-            for raw in iter(stream.readline, b""):
-                sink(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+        if stream is not None:
+            with stream:
+                for raw in iter(stream.readline, b""):
+                    sink(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+        sink(None)
 
     thread = threading.Thread(target=drain, name="ffmpeg-pipe-reader", daemon=True)
     thread.start()
     return thread
 
 
-def _tail_text(lines: deque[str]) -> str:
-    text = "\n".join(lines)
+def _tail_text(lines: deque[str | None]) -> str:
+    text = "\n".join(line for line in lines if line is not None)
     return text[-_STDERR_TAIL_CHARS:]
