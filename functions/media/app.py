@@ -55,6 +55,7 @@ def render_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     return {
         "key": result.key,
         "posterKey": result.poster_key or "",
+        "storyboardKey": result.storyboard_key or "",
         "duration": result.duration,
         "width": result.width,
         "height": result.height,

@@ -186,6 +186,7 @@ class JobOutput(BaseModel):
     height: int
     size: int
     posterKey: str | None = None  # noqa: N815
+    storyboardKey: str | None = None  # noqa: N815
 
 
 class Job(BaseModel):
@@ -289,6 +290,7 @@ class MontagePlan(BaseModel):
 class RenderResult(BaseModel):
     key: str
     poster_key: str | None = None
+    storyboard_key: str | None = None
     duration: float
     width: int
     height: int

@@ -17,6 +17,8 @@ def job_view(job: Job, store: MediaStore | None = None) -> dict[str, Any]:
         output["videoUrl"] = store.object_url(job.output.key)
         if job.output.posterKey:
             output["posterUrl"] = store.object_url(job.output.posterKey)
-        output.pop("key", None)
-        output.pop("posterKey", None)
+        if job.output.storyboardKey:
+            output["storyboardUrl"] = store.object_url(job.output.storyboardKey)
+        for key_field in ("key", "posterKey", "storyboardKey"):
+            output.pop(key_field, None)
     return view
