@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from ecliptic.config import Settings
-from ecliptic.jobs import LIST_INDEX
+from ecliptic.jobs import LIST_INDEX, USERNAME_INDEX
 from ecliptic.local.template import (
     FunctionSpec,
     function_specs,
@@ -319,15 +319,19 @@ def test_variables_are_settings_fields() -> None:
 
 
 def test_jobs_table_matches_job_store() -> None:
-    """Table keys, the listing index and the TTL attribute are the ones JobStore uses."""
+    """Table keys, the listing indexes and the TTL attribute are the ones JobStore uses."""
     (table,) = _resources_of_type("AWS::DynamoDB::Table").values()
     properties = table["Properties"]
     keys = {key["AttributeName"]: key["KeyType"] for key in properties["KeySchema"]}
     assert keys == {"pk": "HASH", "sk": "RANGE"}
-    (index,) = properties["GlobalSecondaryIndexes"]
-    assert index["IndexName"] == LIST_INDEX
-    index_keys = {key["AttributeName"]: key["KeyType"] for key in index["KeySchema"]}
-    assert index_keys == {"gsi1pk": "HASH", "createdAt": "RANGE"}
+    indexes = {
+        index["IndexName"]: {key["AttributeName"]: key["KeyType"] for key in index["KeySchema"]}
+        for index in properties["GlobalSecondaryIndexes"]
+    }
+    assert indexes == {
+        LIST_INDEX: {"gsi1pk": "HASH", "createdAt": "RANGE"},
+        USERNAME_INDEX: {"gsi2pk": "HASH", "createdAt": "RANGE"},
+    }
     assert properties["TimeToLiveSpecification"] == {"AttributeName": "expiresAt", "Enabled": True}
 
 

@@ -83,7 +83,7 @@ def plan_beat_grid(
     grid = analysis.beat_grid
     beats = grid.beats
     audio_start = grid.first_beat
-    end_time = _end_time(analysis, max_duration, duration_seconds)
+    end_time = plan_end_time(analysis, max_duration, duration_seconds)
     total_frames = beat_frame(end_time, audio_start, fps)
     if total_frames < 1:
         raise PlanFailed(
@@ -97,7 +97,7 @@ def plan_beat_grid(
         for start, end in zip([0, *bounds], [*bounds, total_frames], strict=True)
     ]
     clips = _assign_clips(analysis.clips, lengths)
-    beat_ends = [*cuts[1:], _beat_at_or_after(beats, end_time, cuts[-1])]
+    beat_ends = [*cuts[1:], beat_at_or_after(beats, end_time, cuts[-1])]
     spans = [
         BeatSpan(clip, source_start, first, end)
         for (clip, source_start), first, end in zip(clips, cuts, beat_ends, strict=True)
@@ -173,7 +173,7 @@ def segments_from_beat_spans(
         segments.append(
             Segment(
                 clip=span.clip,
-                source_start=_fit_source(span.source_start, seconds, durations[span.clip]),
+                source_start=fit_source_start(span.source_start, seconds, durations[span.clip]),
                 start_frame=start_frame,
                 end_frame=end_frame,
                 beat_start=beat_start,
@@ -225,7 +225,7 @@ def summarize_plan(plan: MontagePlan) -> dict[str, Any]:
 # ----- length and cuts ------------------------------------------------------------------
 
 
-def _end_time(analysis: Analysis, max_duration: float, duration_seconds: float | None) -> float:
+def plan_end_time(analysis: Analysis, max_duration: float, duration_seconds: float | None) -> float:
     """Song time at which the montage ends.
 
     It is one beat after the last beat, so the final hit rings instead of being cut off.
@@ -255,7 +255,7 @@ def _choose_cuts(analysis: Analysis, audio_start: float, end_time: float, fps: i
     """
     grid = analysis.beat_grid
     beats = grid.beats
-    first = _beat_at_or_after(beats, audio_start, 0)
+    first = beat_at_or_after(beats, audio_start, 0)
     latest_cut = end_time - MIN_SEGMENT_SECONDS
     cuts = [first]
 
@@ -270,7 +270,7 @@ def _choose_cuts(analysis: Analysis, audio_start: float, end_time: float, fps: i
 
     while True:
         current = cuts[-1]
-        target = _target_seconds(grid.energy, current)
+        target = target_segment_seconds(grid.energy, current)
         options = [
             current + count
             for count in BEAT_GROUPS
@@ -293,7 +293,7 @@ def _choose_cuts(analysis: Analysis, audio_start: float, end_time: float, fps: i
     return cuts
 
 
-def _target_seconds(energy: Sequence[float], beat: int) -> float:
+def target_segment_seconds(energy: Sequence[float], beat: int) -> float:
     """Target segment length for a segment starting at `beat`, from the next bar's energy."""
     window = energy[beat : beat + BEATS_PER_BAR]
     level = sum(window) / len(window) if window else 0.5
@@ -303,13 +303,13 @@ def _target_seconds(energy: Sequence[float], beat: int) -> float:
 def _first_downbeat_index(analysis: Analysis, first: int) -> int | None:
     beats = analysis.beat_grid.beats
     for downbeat in analysis.beat_grid.downbeats:
-        index = _beat_at_or_after(beats, downbeat - 1e-3, first)
+        index = beat_at_or_after(beats, downbeat - 1e-3, first)
         if index < len(beats) and abs(beats[index] - downbeat) < 1e-3:
             return index
     return None
 
 
-def _beat_at_or_after(beats: Sequence[float], time: float, start: int) -> int:
+def beat_at_or_after(beats: Sequence[float], time: float, start: int) -> int:
     """Index of the first beat at or after `time` from `start`, or the last beat."""
     for index in range(start, len(beats)):
         if beats[index] >= time - 1e-6:
@@ -359,7 +359,7 @@ def _assign_clips(clips: Sequence[ClipFacts], lengths: Sequence[float]) -> list[
     return choices
 
 
-def _fit_source(source_start: float, seconds: float, duration: float) -> float:
+def fit_source_start(source_start: float, seconds: float, duration: float) -> float:
     """Move `source_start` so `seconds` of the clip follow it, or to 0 if the clip is short."""
     if duration <= seconds:
         return 0.0
