@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +17,13 @@ import pytest
 from ecliptic.errors import RenderFailed
 from ecliptic.media.ffmpeg import FFMPEG_INPUT_GUARD, ffmpeg_exe, run_ffmpeg
 from ecliptic.media.probe import probe_media
-from ecliptic.media.render import choose_frame_size, render_montage, scale_frame
+from ecliptic.media.render import (
+    STORYBOARD_COLUMNS,
+    choose_frame_size,
+    render_montage,
+    scale_frame,
+    storyboard_segments,
+)
 from ecliptic.models import MediaInfo, MontagePlan, OutputFormat, Segment
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "media-corpus"
@@ -267,6 +274,7 @@ def test_render_output_format(media: dict[str, Path], tmp_path: Path) -> None:
     plan = _plan(320, 568, _segments((0, 0.5, 20), (1, 0.0, 12), (2, 1.0, 25), (0, 2.0, 18)))
     out = tmp_path / "montage.mp4"
     poster = tmp_path / "poster.jpg"
+    storyboard = tmp_path / "storyboard.jpg"
     fractions: list[float] = []
 
     render_montage(
@@ -275,6 +283,7 @@ def test_render_output_format(media: dict[str, Path], tmp_path: Path) -> None:
         clips=clips,
         out_path=out,
         poster_path=poster,
+        storyboard_path=storyboard,
         on_progress=fractions.append,
     )
 
@@ -298,10 +307,14 @@ def test_render_output_format(media: dict[str, Path], tmp_path: Path) -> None:
     with av.open(str(poster)) as container:
         frame = next(container.decode(video=0))
         assert (frame.width, frame.height) == (320, 568)
+    with av.open(str(storyboard)) as container:
+        frame = next(container.decode(video=0))
+        # Four 240x426 thumbnails in one row, 4 px apart and 4 px from the edges.
+        assert (frame.width, frame.height) == (4 * 240 + 5 * 4, 426 + 2 * 4)
     assert fractions[-1] == 1.0
     assert fractions == sorted(fractions)
     # The partial files beside the outputs were renamed into place.
-    assert set(tmp_path.iterdir()) == {out, poster}
+    assert set(tmp_path.iterdir()) == {out, poster, storyboard}
 
 
 @pytest.mark.slow
@@ -324,6 +337,62 @@ def test_render_cuts_on_exact_frames(media: dict[str, Path], tmp_path: Path) -> 
             else:
                 assert blue > 200, f"frame {index} is not blue"
                 assert red < 50, f"frame {index} is not blue"
+
+
+@pytest.mark.slow
+def test_render_storyboard_cells(media: dict[str, Path], tmp_path: Path) -> None:
+    """The storyboard shows one thumbnail per segment, in order, on a 6-column grid."""
+    clips = _clips(media, "red", "blue")
+    order = [0, 1, 1, 0, 1, 0, 0, 1]
+    plan = _plan(320, 180, _segments(*((clip, 0.0, 4) for clip in order)))
+    storyboard = tmp_path / "storyboard.jpg"
+
+    render_montage(
+        plan,
+        audio_path=media["song"],
+        clips=clips,
+        out_path=tmp_path / "montage.mp4",
+        storyboard_path=storyboard,
+    )
+
+    with av.open(str(storyboard)) as container:
+        grid = next(container.decode(video=0)).to_ndarray(format="rgb24").astype(int)
+    columns, rows, pad, width, height = STORYBOARD_COLUMNS, 2, 4, 240, 136
+    grid_height = rows * height + (rows + 1) * pad
+    grid_width = columns * width + (columns + 1) * pad
+    assert grid.shape == (grid_height, grid_width, 3)
+    for number in range(rows * columns):
+        row, column = divmod(number, columns)
+        top, left = pad + row * (height + pad), pad + column * (width + pad)
+        red, _, blue = grid[top + 10 : top + height - 10, left + 10 : left + width - 10].mean(
+            axis=(0, 1)
+        )
+        if number >= len(order):
+            assert red < 40 and blue < 40, f"cell {number} is not empty background"
+        elif order[number] == 0:
+            assert red > 200 and blue < 60, f"cell {number} is not red"
+        else:
+            assert blue > 200 and red < 60, f"cell {number} is not blue"
+
+
+@pytest.mark.parametrize(
+    ("count", "expected"),
+    [
+        (1, [0]),
+        (5, [0, 1, 2, 3, 4]),
+        (48, list(range(48))),
+        (49, [round(i * 48 / 47) for i in range(48)]),
+        (480, [round(i * 479 / 47) for i in range(48)]),
+    ],
+)
+def test_storyboard_segments(count: int, expected: list[int]) -> None:
+    """Up to 48 segments all appear; beyond that 48 spread evenly, first and last included."""
+    chosen = storyboard_segments(count)
+
+    assert chosen == expected
+    assert len(set(chosen)) == len(chosen)
+    assert chosen[0] == 0
+    assert chosen[-1] == count - 1
 
 
 @pytest.mark.slow
@@ -424,6 +493,32 @@ def test_render_audio_start_and_fade(media: dict[str, Path], tmp_path: Path) -> 
 
 
 @pytest.mark.slow
+def test_render_song_fades_out(tmp_path: Path, media: dict[str, Path]) -> None:
+    """The song plays at full level until 1 s before the end, then fades out linearly."""
+    song = tmp_path / "tone.wav"
+    _ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:duration=6", str(song))
+    plan = _plan(160, 90, _segments((0, 0.0, 60), (0, 0.5, 60)))
+    out = tmp_path / "fade.mp4"
+
+    render_montage(plan, audio_path=song, clips=_clips(media, "red"), out_path=out)
+
+    samples, rate = _decode_audio(out)
+    end = samples.shape[1] / rate
+    assert end == pytest.approx(plan.duration, abs=0.03)
+
+    def rms(start: float, stop: float) -> float:
+        window = samples[:, int((end - start) * rate) : int((end - stop) * rate)]
+        return float(np.sqrt(np.mean(window**2)))
+
+    full = rms(2.0, 1.0)
+    assert full > 0.05
+    assert rms(1.2, 1.0) > 0.9 * full
+    # A linear fade leaves half the level in the middle and about 12 % in the last 0.2 s.
+    assert 0.4 * full < rms(0.55, 0.45) < 0.6 * full
+    assert rms(0.2, 0.0) < 0.2 * full
+
+
+@pytest.mark.slow
 def test_render_missing_clip_fails(media: dict[str, Path], tmp_path: Path) -> None:
     """A plan naming a clip that was not passed fails before ffmpeg runs."""
     clips = _clips(media, "red")
@@ -436,21 +531,35 @@ def test_render_missing_clip_fails(media: dict[str, Path], tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_render_failure_leaves_no_files(media: dict[str, Path], tmp_path: Path) -> None:
-    """When ffmpeg fails on a clip, no partial output or temp folder is left behind."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_render_failure_leaves_no_files(
+    workers: int, media: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When ffmpeg fails on one clip, the error names its segment and no file is left."""
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(media["red"].read_bytes()[:2000])
-    clips = {0: (broken, probe_media(media["red"]))}
-    plan = _plan(160, 90, _segments((0, 0.0, 10)))
+    clips = {0: (media["red"], probe_media(media["red"])), 1: (broken, probe_media(media["red"]))}
+    plan = _plan(160, 90, _segments((0, 0.0, 10), (0, 0.5, 10), (1, 0.0, 10), (0, 1.0, 10)))
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    temp_before = set(Path("/tmp").glob("ecliptic-render-*"))
+    # A private temp root, so render folders of tests running in parallel do not count.
+    temp_root = tmp_path / "tmp"
+    temp_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp_root))
 
-    with pytest.raises(RenderFailed, match="segment 1 of 1"):
-        render_montage(plan, audio_path=media["song"], clips=clips, out_path=out_dir / "x.mp4")
+    with pytest.raises(RenderFailed, match="segment 3 of 4"):
+        render_montage(
+            plan,
+            audio_path=media["song"],
+            clips=clips,
+            out_path=out_dir / "x.mp4",
+            poster_path=out_dir / "poster.jpg",
+            storyboard_path=out_dir / "storyboard.jpg",
+            workers=workers,
+        )
 
     assert not list(out_dir.iterdir())
-    assert set(Path("/tmp").glob("ecliptic-render-*")) == temp_before
+    assert not list(temp_root.iterdir())
 
 
 # ----- crafted inputs -------------------------------------------------------------------
@@ -554,29 +663,131 @@ def test_crafted_input_rejected(
 # ----- corpus -----------------------------------------------------------------------------
 
 
+def _corpus_file(name: str) -> Path:
+    path = CORPUS / name
+    if not path.is_file():
+        pytest.skip(f"media corpus file not found: {path}")
+    return path
+
+
+def _displayed_first_frame(path: Path, info: MediaInfo, width: int, height: int) -> np.ndarray:
+    """Return the clip's first frame as a player shows it, cropped to cover `width`x`height`.
+
+    PyAV decodes the frame without any of the renderer's filters. The rotation from the
+    frame's display matrix and the probed pixel aspect are applied here with numpy, then
+    the centre crop, sampled to the output size as grey levels.
+    """
+    with av.open(str(path)) as container:
+        frame = next(container.decode(container.streams.video[0]))
+        # av_display_rotation_get() counts counter-clockwise, like np.rot90.
+        turns = round(frame.rotation / 90)
+        image = np.rot90(frame.to_ndarray(format="gray").astype(float), k=turns)
+    sar = info.sample_aspect_ratio[0] / info.sample_aspect_ratio[1]
+    # The pixel aspect stretches coded columns, which are rows after a quarter turn.
+    column_scale, row_scale = (sar, 1.0) if turns % 2 == 0 else (1.0, sar)
+    shown_width, shown_height = image.shape[1] * column_scale, image.shape[0] * row_scale
+    target = width / height
+    if shown_width / shown_height > target:
+        crop_width, crop_height = shown_height * target, shown_height
+    else:
+        crop_width, crop_height = shown_width, shown_width / target
+    left, top = (shown_width - crop_width) / 2, (shown_height - crop_height) / 2
+    columns = (left + (np.arange(width) + 0.5) * crop_width / width) / column_scale
+    rows = (top + (np.arange(height) + 0.5) * crop_height / height) / row_scale
+    return image[np.ix_(rows.astype(int), columns.astype(int))]
+
+
+def _blocks(image: np.ndarray, size: int = 10) -> np.ndarray:
+    """Average `size` x `size` blocks, so scaler and encoder detail do not count."""
+    height, width = image.shape[0] // size * size, image.shape[1] // size * size
+    trimmed = image[:height, :width]
+    return trimmed.reshape(height // size, size, width // size, size).mean(axis=(1, 3))
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def _check_corpus_render(path: Path, info: MediaInfo, out: Path, plan: MontagePlan) -> None:
+    """Check format, size and length of a rendered corpus clip, and its first frame's framing.
+
+    The first output frame must match the clip's first frame as a player shows it, after
+    the same centre crop, and match it worse when turned upside down. That catches a
+    missing or reversed rotation, a stretched pixel aspect and an off-centre crop.
+    """
+    result = probe_media(out)
+    assert result.video_codec == "h264"
+    assert (result.width, result.height) == (plan.width, plan.height)
+    assert result.width % 2 == 0 and result.height % 2 == 0
+    assert result.pix_fmt == "yuv420p"
+    assert result.color_transfer == "bt709"
+    assert result.fps == pytest.approx(plan.fps)
+    assert abs(result.duration - plan.duration) <= 1 / plan.fps
+    with av.open(str(out)) as container:
+        assert sorted(stream.type for stream in container.streams) == ["audio", "video"]
+    frames = _decode_video(out)
+    assert len(frames) == plan.total_frames
+    # A broken tone map or range conversion flattens the picture; the last frame comes from
+    # the middle of the clip, past the fade-in from black that some clips start with.
+    assert float(np.std(frames[-1])) > 5.0
+
+    reference = _blocks(_displayed_first_frame(path, info, plan.width, plan.height))
+    if reference.std() < 10:
+        return  # a black or flat first frame (a fade-in) shows no orientation
+    rendered = _blocks(frames[0].mean(axis=2))
+    upright = _correlation(rendered, reference)
+    upside_down = _correlation(rendered, reference[::-1, ::-1])
+    assert upright > 0.9, f"first frame does not match the upright source ({upright:.3f})"
+    assert upright > upside_down + 0.3
+    if not info.is_hdr:  # tone mapping changes the levels on purpose
+        assert float(np.abs(rendered - reference).mean()) < 24
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CORPUS_VIDEO_FILES)
 def test_render_corpus_clip(name: str, media: dict[str, Path], tmp_path: Path) -> None:
     """Every corpus video renders as a clip: 1 s of 240x426 in two segments."""
-    path = CORPUS / name
-    if not path.is_file():
-        pytest.skip(f"media corpus file not found: {path}")
+    path = _corpus_file(name)
     info = probe_media(path)
     plan = _plan(240, 426, _segments((0, 0.0, 15), (0, info.duration / 2, 15)))
     out = tmp_path / "corpus.mp4"
 
     render_montage(plan, audio_path=media["song"], clips={0: (path, info)}, out_path=out)
 
-    result = probe_media(out)
-    assert (result.width, result.height) == (240, 426)
-    assert result.pix_fmt == "yuv420p"
-    assert result.color_transfer == "bt709"
-    assert abs(result.duration - plan.duration) <= 1 / plan.fps
-    frames = _decode_video(out)
-    assert len(frames) == plan.total_frames
-    # A broken tone map or range conversion flattens the picture; the last frame comes from
-    # the middle of the clip, past the fade-in from black that some clips start with.
-    assert float(np.std(frames[-1])) > 5.0
+    _check_corpus_render(path, info, out, plan)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "width", "height"),
+    [
+        ("phone-portrait-rotate90-4k60-h264.mp4", 426, 240),
+        ("phone-portrait-rotate90-4k60-h264.mp4", 240, 240),
+        ("iphone-hlg10-hevc-rotate90-editlist.mp4", 426, 240),
+        ("bbb-sar1137x800-start10s-editlist-noaudio.mp4", 240, 240),
+        ("gopro-max-848x480-3datastreams.mp4", 426, 240),
+    ],
+    ids=[
+        "rotated-in-landscape",
+        "rotated-in-square",
+        "rotated-hdr-in-landscape",
+        "anamorphic-in-square",
+        "data-tracks-in-landscape",
+    ],
+)
+def test_render_corpus_frames(
+    name: str, width: int, height: int, media: dict[str, Path], tmp_path: Path
+) -> None:
+    """Corpus clips fill landscape and square frames upright, in one 0.5 s segment."""
+    path = _corpus_file(name)
+    info = probe_media(path)
+    plan = _plan(width, height, _segments((0, 0.0, 15)))
+    out = tmp_path / "frame.mp4"
+
+    render_montage(plan, audio_path=media["song"], clips={0: (path, info)}, out_path=out)
+
+    _check_corpus_render(path, info, out, plan)
 
 
 @pytest.mark.slow
@@ -586,9 +797,7 @@ def test_render_seek_fallback(tmp_path: Path, media: dict[str, Path]) -> None:
     Seeking into the corpus cockatoo MP4 decodes to green and grey blocks, so the renderer
     must notice the corrupt frames and decode the clip from its start instead.
     """
-    path = CORPUS / "cockatoo-h264-yuv444p-20fps-mono16k.mp4"
-    if not path.is_file():
-        pytest.skip(f"media corpus file not found: {path}")
+    path = _corpus_file("cockatoo-h264-yuv444p-20fps-mono16k.mp4")
     info = probe_media(path)
     # 16:9 output, so the cover scale keeps the whole 1280x720 picture.
     plan = _plan(320, 180, _segments((0, 7.0, 3)))
@@ -613,9 +822,7 @@ def test_render_seek_fallback(tmp_path: Path, media: dict[str, Path]) -> None:
 @pytest.mark.parametrize("song", ["bear-id3v2-apic-cover.mp3", "bear-flac-png-cover.flac"])
 def test_render_song_with_cover_art(song: str, tmp_path: Path, media: dict[str, Path]) -> None:
     """A song's cover art stays out of the output, which has one video and one audio stream."""
-    path = CORPUS / song
-    if not path.is_file():
-        pytest.skip(f"media corpus file not found: {path}")
+    path = _corpus_file(song)
     clips = _clips(media, "red")
     # 4 s of output from 0.5 s into a 2.7 s song: the end is padded with silence.
     plan = _plan(160, 90, _segments((0, 0.0, 120)), audio_start=0.5)

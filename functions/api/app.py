@@ -1,4 +1,4 @@
-"""API function: `POST /montages`, `GET /jobs`, `GET /jobs/{jobId}` behind an HTTP API."""
+"""API function: montages, jobs, uploads and assets behind an HTTP API."""
 
 from __future__ import annotations
 
@@ -13,13 +13,23 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from ecliptic.config import get_settings
-from ecliptic.errors import EclipticError, InvalidRequest, NotFound, PaymentRequired
+from ecliptic.errors import (
+    EclipticError,
+    InvalidRequest,
+    NotFound,
+    PaymentConflict,
+    PaymentPending,
+    PaymentRequired,
+)
+from ecliptic.forms import request_body
 from ecliptic.ids import JOB_ID_PATTERN
 from ecliptic.jobs import JobStore
+from ecliptic.models import USERNAME_MAX_CHARS
 from ecliptic.submission import submit_montage
+from ecliptic.uploads import create_upload, get_asset_view, parse_upload_request
 from ecliptic.views import job_view
 from ecliptic.x402.requirements import challenge
-from ecliptic.x402.response import CORS_EXPOSE_HEADERS
+from ecliptic.x402.response import CORS_EXPOSE_HEADERS, RETRY_AFTER_HEADER
 
 logger = Logger()
 tracer = Tracer()
@@ -33,6 +43,8 @@ cors = CORSConfig(
 )
 app = APIGatewayHttpResolver(cors=cors)
 
+# Seconds a client should wait before it retries with the same payment.
+RETRY_AFTER_SECONDS = "2"
 LIST_LIMIT_DEFAULT = 20
 LIST_LIMIT_MAX = 100
 
@@ -52,7 +64,8 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
 @app.post("/montages")
 def create_montage() -> Response:
     event = app.current_event
-    submission = submit_montage(event.decoded_body, event.headers, _resource_url())
+    body = request_body(event.raw_event)
+    submission = submit_montage(body, event.headers, _resource_url())
 
     job_id = submission.accepted.jobId
     logger.append_keys(job_id=job_id)
@@ -80,11 +93,30 @@ def list_jobs() -> Response:
             f"`limit` must be a whole number from 1 to {LIST_LIMIT_MAX}.", field="limit"
         )
     cursor = app.current_event.get_query_string_value("cursor")
-    jobs, next_cursor = JobStore().list_jobs(int(raw_limit), cursor)
+    username = app.current_event.get_query_string_value("username")
+    if username is not None and not 1 <= len(username) <= USERNAME_MAX_CHARS:
+        raise InvalidRequest(
+            f"`username` must be 1 to {USERNAME_MAX_CHARS} characters.", field="username"
+        )
+    jobs, next_cursor = JobStore().list_jobs(int(raw_limit), cursor, username=username)
     body: dict[str, Any] = {"jobs": [job_view(job) for job in jobs]}
     if next_cursor:
         body["cursor"] = next_cursor
     return _json(200, body)
+
+
+@app.post("/uploads")
+def create_upload_url() -> Response:
+    ticket = create_upload(parse_upload_request(request_body(app.current_event.raw_event)))
+
+    logger.append_keys(asset_id=ticket.assetId)
+    logger.info("upload URL issued")
+    return _json(201, ticket.model_dump(mode="json"))
+
+
+@app.get("/assets/<asset_id>")
+def get_asset(asset_id: str) -> Response:
+    return _json(200, get_asset_view(asset_id))
 
 
 @app.exception_handler(PaymentRequired)
@@ -96,6 +128,21 @@ def payment_required(error: PaymentRequired) -> Response:
     body, headers = challenge(get_settings(), _resource_url(), error.message)
     body["reason"] = error.code
     return _json(402, body, headers)
+
+
+@app.exception_handler(PaymentConflict)
+def payment_conflict(error: PaymentConflict) -> Response:
+    logger.info("payment conflict", code=error.code)
+    in_progress = error.code == "payment_in_progress"
+    headers = {RETRY_AFTER_HEADER: RETRY_AFTER_SECONDS} if in_progress else None
+    return _json(409, error.to_body(), headers)
+
+
+@app.exception_handler(PaymentPending)
+def payment_pending(error: PaymentPending) -> Response:
+    # The client has paid or may have paid: it must retry with the same payment, not a new one.
+    logger.warning("settlement not confirmed", code=error.code, detail=error.detail)
+    return _json(503, error.to_body(), {RETRY_AFTER_HEADER: RETRY_AFTER_SECONDS})
 
 
 @app.exception_handler(EclipticError)

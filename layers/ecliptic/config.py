@@ -48,9 +48,31 @@ class Settings(BaseModel):
 
     # Media staging.
     allow_loopback_urls: bool = False
-    fetch_timeout_seconds: float = 60.0
-    max_audio_bytes: int = 100 * 1024 * 1024
-    max_video_bytes: int = 500 * 1024 * 1024
+    fetch_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="max time for one URL download (s), redirects included"
+    )
+    fetch_read_timeout_seconds: float = Field(
+        default=20.0, gt=0, description="longest wait for a connection or for the next bytes (s)"
+    )
+    fetch_max_redirects: int = Field(default=3, ge=0, le=10)
+    fetch_ca_bundle: str | None = Field(
+        default=None,
+        description="PEM file of CA certificates to trust instead of the system store (tests)",
+    )
+    max_audio_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
+    max_video_bytes: int = Field(default=500 * 1024 * 1024, gt=0)
+    # Render and analysis download every input to Lambda's /tmp (10,240 MB at most), so the
+    # media of one job must leave room there for the output.
+    max_total_bytes: int = Field(default=8 * 1024**3, gt=0, description="all media of one job")
+    # A Lambda invocation payload is at most 6 MB and API Gateway base64-encodes binary
+    # bodies (4 bytes per 3), so raw bodies above about 4.5 MB cannot reach the handler.
+    max_request_bytes: int = Field(default=4_500_000, gt=0)
+    max_form_parts: int = Field(default=40, gt=0, description="parts in one multipart body")
+    upload_url_seconds: int = Field(default=3600, ge=60, le=7 * 86400)
+    upload_url_base: str | None = Field(
+        default=None,
+        description="local runtime only: upload URLs go to this server instead of R2",
+    )
 
     # Planning and rendering.
     output_fps: int = 30
@@ -62,6 +84,28 @@ class Settings(BaseModel):
     gemini_model: str = "gemini-2.5-flash"
     gemini_api_key: str | None = None
     gemini_api_key_secret_arn: str | None = None
+    gemini_base_url: str | None = Field(
+        default=None, description="Gemini API endpoint; unset means the google-genai default"
+    )
+    gemini_timeout_seconds: float = Field(
+        default=150.0,
+        gt=0,
+        description="time budget (s) of the Gemini planner: media uploads, processing, answer",
+    )
+    gemini_max_attempts: int = Field(
+        default=4, ge=1, description="tries per Gemini request on 408, 429, 5xx and network errors"
+    )
+    gemini_retry_initial_seconds: float = Field(
+        default=2.0, ge=0, description="delay (s) before the first retry; each retry doubles it"
+    )
+    gemini_poll_seconds: float = Field(
+        default=2.0, gt=0, description="interval (s) between Files API state checks"
+    )
+    gemini_upload_budget_bytes: int = Field(
+        default=1024 * 1024 * 1024,
+        ge=0,
+        description="upload at most this many bytes of media per job to the Gemini Files API",
+    )
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -1,7 +1,9 @@
 """The media bucket (Cloudflare R2 in production, S3 from moto locally).
 
-Keys: `assets/<assetId>/<filename>` for staged media, `jobs/<jobId>/…` for analysis and
-plan JSON, `outputs/<username-slug>/<jobId>/…` for rendered montages.
+Keys: `assets/<assetId>/<filename>` for staged media, `uploads/<assetId>/<filename>` for files
+that clients PUT through a presigned URL (staging copies them to the asset key),
+`jobs/<jobId>/…` for analysis and plan JSON, `outputs/<username-slug>/<jobId>/…` for rendered
+montages.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from ecliptic.aws import media_client
 from ecliptic.config import get_settings
@@ -24,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 # R2 requires every part but the last to have the same size, 5 MiB at least.
 PART_SIZE = 8 * 1024 * 1024
+MIN_PART_SIZE = 5 * 1024 * 1024
+_MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 
 
 def slug(text: str | None, fallback: str = "anonymous", max_length: int = 40) -> str:
@@ -43,8 +47,17 @@ def asset_object_key(asset_id: str, filename: str | None) -> str:
     return f"assets/{asset_id}/{safe}{suffix}"
 
 
+def upload_object_key(asset_id: str, filename: str | None) -> str:
+    """Return the key a presigned upload writes to; staging copies it to the asset key."""
+    return "uploads/" + asset_object_key(asset_id, filename).removeprefix("assets/")
+
+
 def output_object_key(job_id: str, username: str | None, name: str) -> str:
     return f"outputs/{slug(username)}/{job_id}/{name}"
+
+
+def _storage_error(action: str, error: Exception) -> TransientStepError:
+    return TransientStepError(f"{action} failed in media storage.", detail=str(error))
 
 
 class MediaStore:
@@ -74,6 +87,12 @@ class MediaStore:
             ) from error
         return path
 
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+        except (ClientError, BotoCoreError) as error:
+            raise _storage_error(f"Writing {key}", error) from error
+
     def put_json(self, key: str, data: Any) -> None:
         self.client.put_object(
             Bucket=self.bucket,
@@ -87,12 +106,29 @@ class MediaStore:
         return json.loads(response["Body"].read())
 
     def head(self, key: str) -> dict[str, Any] | None:
+        """Return the object's metadata (`ContentLength`, `ContentType`, …), or None if absent."""
         try:
             return self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as error:
-            if error.response["Error"]["Code"] in {"404", "NoSuchKey", "NotFound"}:
+            if error.response["Error"]["Code"] in _MISSING_CODES:
                 return None
-            raise
+            raise _storage_error(f"Reading {key}", error) from error
+
+    def open_stream(self, key: str) -> IO[bytes] | None:
+        """Return a stream of the object's bytes, or None if it does not exist."""
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            if error.response["Error"]["Code"] in _MISSING_CODES:
+                return None
+            raise _storage_error(f"Reading {key}", error) from error
+        return response["Body"]
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as error:
+            raise _storage_error(f"Deleting {key}", error) from error
 
     def object_url(self, key: str) -> str:
         """Return a URL that downloads `key`: the public base URL when set, else presigned."""
@@ -105,17 +141,47 @@ class MediaStore:
             ExpiresIn=settings.presign_seconds,
         )
 
-    def open_multipart(self, key: str, content_type: str) -> MultipartWriter:
-        return MultipartWriter(self, key, content_type)
+    def presigned_put_url(
+        self, key: str, *, content_type: str, content_length: int, expires_in: int
+    ) -> str:
+        """Return a presigned PUT URL for `key`.
+
+        Content-Type and Content-Length are signed headers, so the upload must send exactly
+        these values or the signature does not match.
+        """
+        return self.client.generate_presigned_url(
+            "put_object",
+            Params={
+                "Bucket": self.bucket,
+                "Key": key,
+                "ContentType": content_type,
+                "ContentLength": content_length,
+            },
+            ExpiresIn=expires_in,
+        )
+
+    def open_multipart(
+        self, key: str, content_type: str, part_size: int = PART_SIZE
+    ) -> MultipartWriter:
+        return MultipartWriter(self, key, content_type, part_size=part_size)
 
 
 class MultipartWriter:
-    """Streams bytes into one object with equal-sized parts; aborts the upload on error."""
+    """Streams bytes into one object with equal-sized parts; aborts the upload on error.
 
-    def __init__(self, store: MediaStore, key: str, content_type: str) -> None:
+    At most one part (plus the chunk being written) is held in memory. Objects smaller than
+    one part are written with a single PUT when the writer closes.
+    """
+
+    def __init__(
+        self, store: MediaStore, key: str, content_type: str, part_size: int = PART_SIZE
+    ) -> None:
+        if part_size < MIN_PART_SIZE:
+            raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (an R2 rule)")
         self.store = store
         self.key = key
         self.content_type = content_type
+        self.part_size = part_size
         self.buffer = bytearray()
         self.parts: list[dict[str, Any]] = []
         self.upload_id: str | None = None
@@ -131,57 +197,68 @@ class MultipartWriter:
     def write(self, chunk: bytes) -> None:
         self.buffer.extend(chunk)
         self.size += len(chunk)
-        while len(self.buffer) >= PART_SIZE:
-            self._upload_part(bytes(self.buffer[:PART_SIZE]))
-            del self.buffer[:PART_SIZE]
+        while len(self.buffer) >= self.part_size:
+            with memoryview(self.buffer) as view:
+                part = bytes(view[: self.part_size])
+            del self.buffer[: self.part_size]
+            self._upload_part(part)
 
     def _upload_part(self, body: bytes) -> None:
         client = self.store.client
-        if self.upload_id is None:
-            response = client.create_multipart_upload(
-                Bucket=self.store.bucket, Key=self.key, ContentType=self.content_type
+        try:
+            if self.upload_id is None:
+                response = client.create_multipart_upload(
+                    Bucket=self.store.bucket, Key=self.key, ContentType=self.content_type
+                )
+                self.upload_id = response["UploadId"]
+            number = len(self.parts) + 1
+            response = client.upload_part(
+                Bucket=self.store.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                PartNumber=number,
+                Body=body,
             )
-            self.upload_id = response["UploadId"]
-        number = len(self.parts) + 1
-        response = client.upload_part(
-            Bucket=self.store.bucket,
-            Key=self.key,
-            UploadId=self.upload_id,
-            PartNumber=number,
-            Body=body,
-        )
+        except (ClientError, BotoCoreError) as error:
+            raise _storage_error(f"Writing {self.key}", error) from error
         self.parts.append({"PartNumber": number, "ETag": response["ETag"]})
 
     def close(self) -> int:
         """Finish the object and return its size in bytes."""
         client = self.store.client
-        if self.upload_id is None:
-            # Small files fit in one request; a multipart upload would be pure overhead.
-            client.put_object(
-                Bucket=self.store.bucket,
-                Key=self.key,
-                Body=bytes(self.buffer),
-                ContentType=self.content_type,
-            )
-        else:
-            if self.buffer:
-                self._upload_part(bytes(self.buffer))
-            client.complete_multipart_upload(
-                Bucket=self.store.bucket,
-                Key=self.key,
-                UploadId=self.upload_id,
-                MultipartUpload={"Parts": self.parts},
-            )
+        try:
+            if self.upload_id is None:
+                # Small files fit in one request; a multipart upload would be pure overhead.
+                client.put_object(
+                    Bucket=self.store.bucket,
+                    Key=self.key,
+                    Body=bytes(self.buffer),
+                    ContentType=self.content_type,
+                )
+            else:
+                if self.buffer:
+                    self._upload_part(bytes(self.buffer))
+                client.complete_multipart_upload(
+                    Bucket=self.store.bucket,
+                    Key=self.key,
+                    UploadId=self.upload_id,
+                    MultipartUpload={"Parts": self.parts},
+                )
+        except (ClientError, BotoCoreError) as error:
+            raise _storage_error(f"Writing {self.key}", error) from error
         self.buffer.clear()
+        self.upload_id = None
         return self.size
 
     def abort(self) -> None:
+        self.buffer.clear()
         if self.upload_id is not None:
             try:
                 self.store.client.abort_multipart_upload(
                     Bucket=self.store.bucket, Key=self.key, UploadId=self.upload_id
                 )
-            except ClientError:
+            except (ClientError, BotoCoreError):
+                # The parts stay until a bucket lifecycle rule aborts incomplete uploads.
                 logger.warning("aborting a multipart upload failed", extra={"key": self.key})
             self.upload_id = None
 

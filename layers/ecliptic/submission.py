@@ -1,20 +1,24 @@
 """`POST /montages`: validate, take the payment, write the job, start its execution.
 
-The order is fixed by what may go wrong: a request that cannot run is rejected before any
-payment is asked for; a payment is claimed before it is settled, so a replayed header never
-settles twice; the job is written and started only after settlement, and a retry with the
-same payment resumes a job whose start failed instead of charging again.
+The order is fixed by what may go wrong. A request that cannot run is rejected before any
+payment is requested. A payment is claimed before it is settled, so a replayed or
+concurrent header never settles twice. The job is written and started only after
+settlement. A retry with the same payment and body finishes what an earlier request left
+undone, without charging again. It settles again after an unknown outcome, creates the job
+of a settled payment, or starts a job that was written but not started.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
@@ -23,14 +27,22 @@ from ecliptic.aws import stepfunctions_client
 from ecliptic.config import Settings, get_settings
 from ecliptic.errors import (
     AssetNotUsable,
-    EclipticError,
     InvalidRequest,
     NotFound,
     PaymentConflict,
+    PaymentPending,
+    PaymentRequired,
     ServiceUnavailable,
 )
 from ecliptic.ids import asset_kind, new_asset_id, new_job_id
-from ecliptic.jobs import JobStore, utc_now
+from ecliptic.jobs import (
+    CLAIM_CLAIMED,
+    CLAIM_PENDING,
+    CLAIM_SETTLED,
+    ClaimChanged,
+    JobStore,
+    utc_now,
+)
 from ecliptic.models import (
     Asset,
     AssetState,
@@ -43,11 +55,23 @@ from ecliptic.models import (
     Payment,
 )
 from ecliptic.storage import asset_object_key
+from ecliptic.x402.facilitator import Settlement, facilitator_from_settings
+from ecliptic.x402.response import payment_response_header
+from ecliptic.x402.verify import check_payment_window, verify_payment
+
+if TYPE_CHECKING:
+    from ecliptic.x402.facilitator import Facilitator
+    from ecliptic.x402.verify import VerifiedPayment
 
 logger = logging.getLogger(__name__)
 
-# How long a request waits for a concurrent request with the same payment to write its job.
-CLAIM_WAIT_SECONDS = 5.0
+# Lease on a claimed payment: how long one request may call the facilitator for it. The
+# API function times out after 29 s. HttpFacilitator's verify and settle requests take at
+# most about 26 s together (3.05 s connect and 10 s read timeouts each). So a lease older
+# than this belongs to a request that has ended.
+SETTLE_LEASE_SECONDS = 35
+# How long a request waits for a concurrent request with the same payment.
+CLAIM_WAIT_SECONDS = 8.0
 
 
 @dataclass
@@ -184,101 +208,326 @@ def start_execution(settings: Settings, job: Job) -> None:
 def submit_montage(
     body: str | bytes | None, headers: Mapping[str, str], resource_url: str
 ) -> Submission:
-    """Run the whole submission; raise an `EclipticError` for every rejection."""
-    from ecliptic.x402.facilitator import facilitator_from_settings
-    from ecliptic.x402.response import payment_response_header
-    from ecliptic.x402.verify import verify_payment
+    """Run the whole submission; raise an `EclipticError` for every rejection.
 
+    Raises
+    ------
+    InvalidRequest, AssetNotUsable, NotFound
+        The body is malformed or names unusable assets (before any payment is looked at).
+    PaymentRequired
+        No payment, or one that local verification or the facilitator rejected (402).
+    PaymentConflict
+        The payment was used for another body, or is being settled by another request.
+    PaymentPending
+        The settle outcome is not known yet; retry the same request (503).
+    ServiceUnavailable
+        A dependency failed; retry the same request with the same payment (503).
+    """
     settings = get_settings()
     jobs = JobStore()
     request = parse_request(body)
     job_id = new_job_id()
     audio_id, video_ids, new_assets = resolve_assets(request, jobs, job_id)
+    draft = JobDraft(job_id, request, audio_id, video_ids, new_assets)
 
-    payment = verify_payment(headers, settings, resource_url=resource_url)
-    request_hash = body_hash(request)
+    # The window is checked later, because a retry of a claimed payment gets its job even
+    # after its authorization expired.
+    payment = verify_payment(headers, settings, resource_url=resource_url, check_window=False)
+    facilitator = facilitator_from_settings(settings)
 
-    claim = jobs.claim_payment(payment.payer, payment.nonce, request_hash)
-    if claim is not None:
-        return _replay(settings, jobs, claim, request_hash, payment)
-
-    try:
-        settlement = facilitator_from_settings(settings).settle(payment)
-    except EclipticError as error:
-        if error.code != "settlement_pending":
-            jobs.release_claim(payment.payer, payment.nonce)
-        raise
-    settlement_data = settlement.model_dump(mode="json", exclude_none=True)
-    jobs.record_settlement(payment.payer, payment.nonce, settlement_data)
-    logger.info("payment settled", extra={"job_id": job_id, "payer": payment.payer})
-
-    now = utc_now()
-    job = Job(
-        jobId=job_id,
-        status=JobStatus.QUEUED,
-        createdAt=now,
-        updatedAt=now,
-        username=request.username,
-        prompt=request.prompt,
-        format=request.format,
-        durationSeconds=request.durationSeconds,
-        audioAssetId=audio_id,
-        videoAssetIds=video_ids,
-        payment=Payment(
-            payer=settlement.payer or payment.payer,
-            transaction=settlement.transaction,
-            network=settlement.network,
-            amount=str(payment.value),
-        ),
-    )
-    jobs.create_job(
-        job, new_assets, payment_claim={"payer": payment.payer, "nonce": payment.nonce}
-    )
-    start_execution(settings, job)
-
-    name, value = payment_response_header(payment.version, settlement)
-    accepted = MontageAccepted(jobId=job_id, audioAssetId=audio_id, videoAssetIds=video_ids)
-    return Submission(accepted=accepted, headers={name: value})
+    return PaidSubmission(settings, jobs, facilitator, payment, draft).run()
 
 
-def _replay(
-    settings: Settings,
-    jobs: JobStore,
-    claim: dict[str, Any],
-    request_hash: str,
-    payment: Any,
-) -> Submission:
-    """Answer a request whose payment was already claimed."""
-    from ecliptic.x402.facilitator import Settlement
-    from ecliptic.x402.response import payment_response_header
+@dataclass
+class JobDraft:
+    """The job a request would create, with the ids allocated before payment."""
 
-    if claim.get("bodyHash") != request_hash:
-        raise PaymentConflict(
-            "This payment was already used for a different request; sign a new payment "
-            "for this one.",
-            code="payment_reused",
+    job_id: str
+    request: MontageRequest
+    audio_id: str
+    video_ids: list[str]
+    new_assets: list[Asset]
+
+    def job(self, settlement: Settlement) -> Job:
+        """Return the queued job, paid by `settlement`."""
+        now = utc_now()
+        return Job(
+            jobId=self.job_id,
+            status=JobStatus.QUEUED,
+            createdAt=now,
+            updatedAt=now,
+            username=self.request.username,
+            prompt=self.request.prompt,
+            format=self.request.format,
+            durationSeconds=self.request.durationSeconds,
+            audioAssetId=self.audio_id,
+            videoAssetIds=self.video_ids,
+            payment=Payment(
+                payer=settlement.payer,
+                transaction=settlement.transaction,
+                network=settlement.network,
+                amount=settlement.amount,
+            ),
         )
-    deadline = time.monotonic() + CLAIM_WAIT_SECONDS
-    while "jobId" not in claim and time.monotonic() < deadline:
-        # A concurrent request with the same payment is settling it right now.
-        time.sleep(0.2)
-        claim = jobs.get_claim(payment.payer, payment.nonce) or {}
-    job_id = claim.get("jobId")
-    job = jobs.get_job(job_id) if job_id else None
-    if job is None:
-        raise PaymentConflict(
-            "This payment is still being processed by another request; retry in a few seconds.",
-            code="payment_in_progress",
-        )
-    start_execution(settings, job)
-    logger.info("payment replayed", extra={"job_id": job.jobId})
 
-    settlement = Settlement.model_validate(claim.get("settlement") or {})
-    name, value = payment_response_header(payment.version, settlement)
-    accepted = MontageAccepted(
-        jobId=job.jobId,
-        audioAssetId=job.audioAssetId,
-        videoAssetIds=job.videoAssetIds,
-        status=job.status,
+
+class PaidSubmission:
+    """Takes one verified payment through its claim to a started job.
+
+    Every step is a conditional write on the payment claim (see `ecliptic.jobs`). So one
+    request at a time, the holder of the claim's lease, calls the facilitator for a
+    payment, and a payment gets at most one job. A request that finds the work half done
+    finishes it.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        jobs: JobStore,
+        facilitator: Facilitator,
+        payment: VerifiedPayment,
+        draft: JobDraft,
+    ) -> None:
+        self.settings = settings
+        self.jobs = jobs
+        self.facilitator = facilitator
+        self.payment = payment
+        self.draft = draft
+        self.request_hash = body_hash(draft.request)
+        self.lease_id = secrets.token_hex(16)
+        self._ids = {"payer": payment.payer, "nonce": payment.nonce, "job_id": draft.job_id}
+
+    def run(self) -> Submission:
+        """Claim the payment and settle it, or continue from the claim that exists."""
+        try:
+            check_payment_window(self.payment, self.settings)
+        except PaymentRequired:
+            claim = self.jobs.get_claim(self.payment.payer, self.payment.nonce)
+            if claim is None:
+                raise
+            return self._resume(claim)
+
+        claim = self._claim()
+        if claim is not None:
+            return self._resume(claim)
+        logger.info("payment claimed", extra=self._ids)
+        try:
+            return self._settle_and_start(reconcile=False)
+        except ClaimChanged:
+            return self._resume(self._read_claim())
+
+    # ----- claim states ---------------------------------------------------------------
+
+    def _resume(self, claim: dict[str, Any]) -> Submission:
+        # Continue from an existing claim. A concurrent request that has the claim's
+        # lease is given a bounded time to finish.
+        deadline = time.monotonic() + CLAIM_WAIT_SECONDS
+        first_look = True
+        for delay in _poll_delays():
+            try:
+                if not claim:
+                    # Deleted: its request was rejected or could not reach the facilitator.
+                    check_payment_window(self.payment, self.settings)
+                    claim = self._claim()
+                    if claim is None:
+                        logger.info("released payment claimed again", extra=self._ids)
+                        return self._settle_and_start(reconcile=False)
+                    continue
+
+                if claim.get("bodyHash") != self.request_hash:
+                    raise PaymentConflict(
+                        "This payment was already used for a different request body; sign "
+                        "a new payment for this one.",
+                        code="payment_reused",
+                    )
+                state = claim.get("claimState")
+                if claim.get("jobId"):
+                    return self._replay(claim)
+                if state == CLAIM_SETTLED:
+                    logger.warning("settled payment has no job yet, creating it", extra=self._ids)
+                    return self._start_job(Settlement.model_validate(claim["settlement"]))
+                if (state == CLAIM_PENDING and first_look) or _lease_expired(claim):
+                    if self._take_over():
+                        return self._settle_and_start(reconcile=True)
+                elif state == CLAIM_PENDING:
+                    # Another request settled again moments ago and got no final result.
+                    raise _pending_error(claim)
+            except ClaimChanged:
+                claim = {}  # another request moved the claim on; read it again below
+
+            if time.monotonic() + delay > deadline:
+                if claim.get("claimState") == CLAIM_PENDING:
+                    raise _pending_error(claim)
+                raise PaymentConflict(
+                    "Another request with this payment is still being processed. Retry the "
+                    "same request in a few seconds.",
+                    code="payment_in_progress",
+                )
+            time.sleep(delay)
+            first_look = False
+            claim = self._read_claim()
+        raise AssertionError("unreachable: _poll_delays() never ends")  # pragma: no cover
+
+    def _settle_and_start(self, *, reconcile: bool) -> Submission:
+        # Holding the lease: settle (or settle again), record the result, start the job.
+        try:
+            settlement = self.facilitator.settle(self.payment, reconcile=reconcile)
+        except PaymentPending as error:
+            transaction = (error.detail or {}).get("transaction")
+            self._mark_pending(transaction=transaction, reason=error.code)
+            raise
+        except (PaymentRequired, ServiceUnavailable) as error:
+            if not reconcile:
+                # Nothing was settled, so the payment may be sent again.
+                self.jobs.release_claim(
+                    self.payment.payer, self.payment.nonce, lease_id=self.lease_id
+                )
+                raise
+            # An earlier settle of this payment may have moved the funds, and a rejection
+            # now (e.g. "nonce already used") cannot tell. A 402 would make the client pay
+            # twice, so the claim stays pending for the next retry.
+            # NOTE: only a chain read of authorizationState(from, nonce) on the token
+            # contract could settle this; the guard has no RPC access.
+            self._mark_pending(transaction=None, reason=error.code)
+            logger.error(
+                "settle again after an unknown outcome failed",
+                extra={**self._ids, "reason": error.code},
+            )
+            raise PaymentPending(
+                f"An earlier settlement of this payment was not confirmed, and settling it "
+                f"again failed ({error.code}). Do not sign a new payment for this request: "
+                f"retry it later with the same payment, or contact the operator with payer "
+                f"{self.payment.payer} and nonce {self.payment.nonce}.",
+                code="settlement_unconfirmed",
+            ) from error
+        except Exception:
+            # An unexpected failure may have come after the settle request was sent.
+            self._mark_pending(transaction=None, reason="internal_error")
+            raise
+
+        logger.info(
+            "payment settled",
+            extra={**self._ids, "transaction": settlement.transaction, "reconcile": reconcile},
+        )
+        try:
+            self.jobs.record_settlement(
+                self.payment.payer,
+                self.payment.nonce,
+                settlement.model_dump(mode="json", exclude_none=True),
+            )
+        except ServiceUnavailable:
+            # create_job stores the settlement as well. If that fails too, this log line
+            # is the record of the transfer.
+            logger.error(
+                "settlement not recorded",
+                extra={**self._ids, "transaction": settlement.transaction},
+            )
+        return self._start_job(settlement)
+
+    def _start_job(self, settlement: Settlement) -> Submission:
+        job = self.draft.job(settlement)
+        self.jobs.create_job(
+            job,
+            self.draft.new_assets,
+            payment_claim={
+                "payer": self.payment.payer,
+                "nonce": self.payment.nonce,
+                "settlement": settlement.model_dump(mode="json", exclude_none=True),
+            },
+        )
+        start_execution(self.settings, job)
+
+        name, value = payment_response_header(self.payment.version, settlement)
+        accepted = MontageAccepted(
+            jobId=job.jobId, audioAssetId=job.audioAssetId, videoAssetIds=job.videoAssetIds
+        )
+        return Submission(accepted=accepted, headers={name: value})
+
+    def _replay(self, claim: dict[str, Any]) -> Submission:
+        job = self.jobs.get_job(claim["jobId"])
+        if job is None:
+            # The claim and the job are written in one transaction and expire together.
+            raise ServiceUnavailable(
+                "The job of this payment could not be read; retry the same request.",
+                detail={"jobId": claim["jobId"]},
+            )
+        if job.status == JobStatus.QUEUED:
+            # The request that wrote the job may have failed to start it.
+            start_execution(self.settings, job)
+        logger.info("payment replayed", extra={**self._ids, "job_id": job.jobId})
+
+        settlement = Settlement.model_validate(claim["settlement"])
+        name, value = payment_response_header(self.payment.version, settlement)
+        accepted = MontageAccepted(
+            jobId=job.jobId,
+            audioAssetId=job.audioAssetId,
+            videoAssetIds=job.videoAssetIds,
+            status=job.status,
+        )
+        return Submission(accepted=accepted, headers={name: value}, replayed=True)
+
+    # ----- store calls ----------------------------------------------------------------
+
+    def _claim(self) -> dict[str, Any] | None:
+        return self.jobs.claim_payment(
+            self.payment.payer,
+            self.payment.nonce,
+            self.request_hash,
+            lease_id=self.lease_id,
+            lease_seconds=SETTLE_LEASE_SECONDS,
+        )
+
+    def _read_claim(self) -> dict[str, Any]:
+        return self.jobs.get_claim(self.payment.payer, self.payment.nonce) or {}
+
+    def _take_over(self) -> bool:
+        taken = self.jobs.take_over_claim(
+            self.payment.payer,
+            self.payment.nonce,
+            self.request_hash,
+            lease_id=self.lease_id,
+            lease_seconds=SETTLE_LEASE_SECONDS,
+        )
+        if taken:
+            logger.warning("settling a payment again after an unknown outcome", extra=self._ids)
+        return taken
+
+    def _mark_pending(self, *, transaction: str | None, reason: str) -> None:
+        try:
+            self.jobs.mark_pending(
+                self.payment.payer,
+                self.payment.nonce,
+                lease_id=self.lease_id,
+                transaction=transaction,
+                reason=reason,
+            )
+        except ClaimChanged:
+            # Another request took the lease over; it owns the outcome now.
+            logger.warning("payment claim changed hands while settling", extra=self._ids)
+        logger.warning(
+            "settlement pending",
+            extra={**self._ids, "reason": reason, "transaction": transaction},
+        )
+
+
+def _lease_expired(claim: dict[str, Any]) -> bool:
+    return (
+        claim.get("claimState") == CLAIM_CLAIMED
+        and int(claim.get("leaseExpiresAt", 0)) < time.time()
     )
-    return Submission(accepted=accepted, headers={name: value}, replayed=True)
+
+
+def _poll_delays() -> Iterator[float]:
+    # Short first polls catch a concurrent request that is about to finish.
+    yield from (0.05, 0.1, 0.2, 0.3)
+    yield from itertools.repeat(0.5)
+
+
+def _pending_error(claim: dict[str, Any]) -> PaymentPending:
+    transaction = claim.get("pendingTransaction")
+    known = f" (transaction {transaction})" if transaction else ""
+    return PaymentPending(
+        f"Settlement of this payment is not confirmed yet{known}. Retry the same request "
+        "with the same payment in a few seconds; do not sign a new payment.",
+        detail={"transaction": transaction, "reason": claim.get("lastReason")},
+    )

@@ -87,11 +87,16 @@ class MediaFileServer:
 class LocalStack:
     """The local runtime plus the API server, started and stopped together."""
 
-    def __init__(self, port: int = 0, output_max_side: int | None = None) -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        output_max_side: int | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         from ecliptic.local.runtime import LocalRuntime
         from ecliptic.local.server import FILES_PREFIX, LocalApiServer
 
-        self.runtime = LocalRuntime(output_max_side=output_max_side)
+        self.runtime = LocalRuntime(output_max_side=output_max_side, extra_env=extra_env)
         self.server = LocalApiServer(self.runtime, port=port)
         # The server's port is known once it is bound, before the runtime reads its settings.
         self.runtime.public_base_url = self.server.url + FILES_PREFIX.rstrip("/")

@@ -91,7 +91,10 @@ class LocalRuntime:
         self._saved_env: dict[str, str | None] = {}
         self._original_invoke: Any = None
         self._modules: dict[Path, ModuleType] = {}
-        self._lock = threading.Lock()
+        # Powertools keeps the current request on a class attribute, so one API handler
+        # serves one request at a time, as one Lambda container does.
+        self._api_lock = threading.Lock()
+        self._dynamodb_originals: dict[str, Any] = {}
 
     # ----- set-up ---------------------------------------------------------------------
 
@@ -141,6 +144,7 @@ class LocalRuntime:
             }
         )
         self._mock.start()
+        self._make_dynamodb_atomic()
         reset_clients()
 
         template = load_template(self.root / "template.yaml")
@@ -169,6 +173,7 @@ class LocalRuntime:
 
         if self._original_invoke is not None:
             LambdaSimpleBackend.invoke = self._original_invoke
+        self._restore_dynamodb()
         self._mock.stop()
         self._mock = None
         for name, value in self._saved_env.items():
@@ -183,6 +188,40 @@ class LocalRuntime:
         for name, value in values.items():
             self._saved_env.setdefault(name, os.environ.get(name))
             os.environ[name] = value
+
+    def _make_dynamodb_atomic(self) -> None:
+        """Serialize moto's DynamoDB operations, which DynamoDB applies atomically.
+
+        moto checks a condition and writes in separate Python steps, and rolls back a failed
+        transaction by restoring a copy of the whole table. API requests and executions run
+        on separate threads here, so without a lock two conditional puts could both pass, or
+        a rollback could undo a state machine's concurrent status write.
+        """
+        from moto.dynamodb.models import DynamoDBBackend
+
+        lock = threading.RLock()
+        names = [
+            "put_item", "get_item", "update_item", "delete_item", "transact_write_items",
+            "query", "scan",
+        ]  # fmt: skip
+
+        def locked(original: Callable[..., Any]) -> Callable[..., Any]:
+            def call(backend: Any, *args: Any, **kwargs: Any) -> Any:
+                with lock:
+                    return original(backend, *args, **kwargs)
+
+            return call
+
+        for name in names:
+            self._dynamodb_originals[name] = getattr(DynamoDBBackend, name)
+            setattr(DynamoDBBackend, name, locked(self._dynamodb_originals[name]))
+
+    def _restore_dynamodb(self) -> None:
+        from moto.dynamodb.models import DynamoDBBackend
+
+        for name, original in self._dynamodb_originals.items():
+            setattr(DynamoDBBackend, name, original)
+        self._dynamodb_originals.clear()
 
     def _create_table(self, template: dict[str, Any]) -> None:
         import boto3
@@ -403,7 +442,8 @@ class LocalRuntime:
             timeout_seconds=self.timeouts.get("ApiFunction", 29.0),
         )
         try:
-            return self.handlers["ApiFunction"](event, context)
+            with self._api_lock:
+                return self.handlers["ApiFunction"](event, context)
         except Exception:
             # API Gateway answers 500 with this body when the integration fails.
             logger.exception("API handler raised")

@@ -3,12 +3,16 @@
 Each request becomes an API Gateway HTTP API (payload format 2.0) event for the handler that
 `template.yaml` names for `ApiFunction`; the handler's response becomes the HTTP response.
 The server also serves the media bucket under `/files/`, which the local runtime uses as
-its public base URL, so the output URLs that jobs return download with curl.
+its public base URL, so the output URLs that jobs return download with curl. `PUT /files/<key>`
+stands in for R2 presigned uploads: the server sets the runtime's `upload_url_base` to its own
+`/files` URL, so `POST /uploads` hands out URLs here, and it stores a PUT only when its
+signature is one `ecliptic.uploads` made.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import threading
 import time
@@ -81,14 +85,23 @@ def api_gateway_event(
     return event
 
 
+class _Server(ThreadingHTTPServer):
+    # http.server listens with a backlog of 5; bursts of parallel clients need more.
+    request_queue_size = 64
+
+
 class LocalApiServer:
     """Serves the API on 127.0.0.1; `start()` runs it on a background thread."""
 
     def __init__(self, runtime: LocalRuntime, port: int = 0) -> None:
         self.runtime = runtime
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
+        self.httpd = _Server(("127.0.0.1", port), self._handler_class())
         self.httpd.daemon_threads = True
         self.thread: threading.Thread | None = None
+        # Read when the runtime starts, so create the server before starting the runtime.
+        runtime.extra_env.setdefault(
+            "ECLIPTIC_UPLOAD_URL_BASE", self.url + FILES_PREFIX.rstrip("/")
+        )
 
     @property
     def port(self) -> int:
@@ -129,7 +142,10 @@ class LocalApiServer:
                 self._call_api("POST")
 
             def do_PUT(self) -> None:  # noqa: N802
-                self._call_api("PUT")
+                if self.path.startswith(FILES_PREFIX):
+                    self._receive_upload()
+                else:
+                    self._call_api("PUT")
 
             def do_DELETE(self) -> None:  # noqa: N802
                 self._call_api("DELETE")
@@ -185,6 +201,31 @@ class LocalApiServer:
                     extra={"method": method, "path": self.path, "status": status,
                            "ms": round((time.monotonic() - started) * 1000)},
                 )
+
+            def _receive_upload(self) -> None:
+                from ecliptic.errors import EclipticError
+                from ecliptic.uploads import receive_local_upload
+
+                parts = urlsplit(self.path)
+                raw_length = self.headers.get("Content-Length")
+                try:
+                    receive_local_upload(
+                        unquote(parts.path[len(FILES_PREFIX):]),
+                        parts.query,
+                        self.headers.get("Content-Type"),
+                        int(raw_length) if raw_length and raw_length.isdigit() else None,
+                        self.rfile,
+                    )
+                except EclipticError as error:
+                    # R2 rejects a request that does not match its presigned URL with 403.
+                    status = HTTPStatus.FORBIDDEN if error.status < 500 else HTTPStatus(500)
+                    logger.info("local upload rejected", extra={"code": error.code})
+                    self.close_connection = True
+                    self._send_json(status, json.dumps(error.to_body()).encode())
+                    return
+                self.send_response(HTTPStatus.OK)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
             def _serve_file(self) -> None:
                 key = unquote(urlsplit(self.path).path[len(FILES_PREFIX):])

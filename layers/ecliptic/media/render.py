@@ -1,11 +1,15 @@
-"""Render a montage plan to an H.264/AAC MP4 with ffmpeg.
+"""Render a montage plan to an H.264/AAC MP4, a poster and a storyboard with ffmpeg.
 
-Each segment is encoded on its own to a video-only MP4 with identical encoder settings,
-then the parts are joined by stream copy (concat demuxer) and the song is encoded under
-them in the final mux. This keeps memory flat. One filter graph for the whole montage
-took about 1.4x the time of a bare encode but peaked at 1.2-2.3 GB for 12 segments of
-1080p. Per-segment encodes of a 12-segment 1080x1920 montage from 1080p sources peaked at
-307 MB per ffmpeg process (ffmpeg 9.0.2 on 2 cores).
+Each segment is encoded on its own to a video-only MP4 with identical encoder settings, two
+segments at a time, while the song is encoded to AAC beside them. The final mux joins the
+parts and the audio by stream copy (concat demuxer on our own list) and moves the index to
+the front. The segment runs also write the poster and the storyboard thumbnails, so no run
+decodes the finished montage again.
+
+Why per segment: one filter graph for the whole montage took about 1.4x the time of a bare
+encode but peaked at 1.2-2.3 GB for 12 segments of 1080p, while a per-segment ffmpeg peaks
+near 300 MB. `bench/bench_render.py` measures both the time and the memory of this
+pipeline. `docs/benchmarks.md` records its results.
 """
 
 from __future__ import annotations
@@ -14,9 +18,12 @@ import logging
 import math
 import os
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
@@ -38,12 +45,48 @@ PRESET = "veryfast"
 AUDIO_BITRATE = "192k"
 AUDIO_SAMPLE_RATE = 48000
 FADE_OUT_SECONDS = 1.0
+# Segment encodes that run at once. Each ffmpeg process peaks near 300 MB at 1080x1920, so
+# two stay under the 800 MB budget with the Python process included.
+MAX_WORKERS = 2
+# Storyboard: thumbnails of this width (at most the output width), up to this many per row
+# and in total. Segments beyond the cap are skipped evenly.
+STORYBOARD_THUMB_WIDTH = 240
+STORYBOARD_COLUMNS = 6
+STORYBOARD_MAX_THUMBS = 48
+# mjpeg -q:v scale, 2 (best) to 31. The storyboard quality keeps 48 portrait thumbnails
+# under about 1 MB.
+POSTER_QUALITY = 3
+STORYBOARD_QUALITY = 6
+_STORYBOARD_PADDING = 4
 # Container families with a keyframe index (MP4/MOV sample tables, Matroska cues) that
 # input seeking can use. Other inputs are decoded from the start: ffmpeg 9.0 seeks MPEG-TS
 # by byte position and can land past the only keyframe of a clip.
 _INDEXED_FORMATS = ("mov,", "matroska,")
-# Share of the progress range that the segment encodes take; the final mux takes the rest.
-_SEGMENTS_PROGRESS_SHARE = 0.95
+# Share of the progress range that the segment encodes take; the mux and storyboard take
+# the rest.
+_SEGMENTS_PROGRESS_SHARE = 0.97
+
+
+@dataclass(frozen=True)
+class _Still:
+    """A JPEG taken from one frame of a segment while it is encoded."""
+
+    frame: int
+    path: Path
+    width: int | None
+    quality: int
+
+
+@dataclass
+class _SegmentJob:
+    number: int
+    segment: Segment
+    path: Path
+    info: MediaInfo
+    part: Path
+    # ffmpeg -threads for the decoder and the encoder; 0 lets ffmpeg choose.
+    threads: int = 0
+    stills: list[_Still] = field(default_factory=list)
 
 
 def render_montage(
@@ -53,8 +96,10 @@ def render_montage(
     clips: dict[int, tuple[Path, MediaInfo]],
     out_path: Path,
     poster_path: Path | None = None,
+    storyboard_path: Path | None = None,
     on_progress: Callable[[float], None] | None = None,
     timeout: float = 840.0,
+    workers: int | None = None,
 ) -> None:
     """Render `plan` to `out_path`, with the song at `audio_path` under it.
 
@@ -64,10 +109,17 @@ def render_montage(
         The clip file and its probe facts, keyed by `Segment.clip`.
     poster_path
         Where to write a JPEG of the middle frame, if given.
+    storyboard_path
+        Where to write a JPEG grid with the middle frame of each segment, if given.
     on_progress
         Called with the done fraction (0..1), at most every 2 s and once with 1.0 at the end.
     timeout
         Seconds for the whole render, shared by all ffmpeg runs.
+    workers
+        Segment encodes run at once; the default is the usable CPU count, at most
+        `MAX_WORKERS`. With more than one, each encode gets an equal share of the CPUs as
+        its thread count, because x264's frame threads cost about 10 % more CPU time than
+        a single thread while a second process keeps the other core busy anyway.
 
     Raises
     ------
@@ -82,34 +134,45 @@ def render_montage(
     song = probe_media(audio_path)
     if not song.has_audio or song.audio_index is None:
         raise RenderFailed(f"The song {audio_path.name} has no audio stream.")
+    cpus = _usable_cpus()
+    if workers is None:
+        workers = min(MAX_WORKERS, cpus)
+    workers = max(1, workers)
+    threads = max(1, cpus // workers) if workers > 1 else 0
 
     logger.info(
-        "render started: job %s, %d segments, %dx%d at %d fps, %d frames (%.2f s)",
+        "render started: job %s, %d segments, %dx%d at %d fps, %d frames (%.2f s), "
+        "%d workers",
         plan.job_id, len(plan.segments), plan.width, plan.height, plan.fps,
-        plan.total_frames, plan.duration,
+        plan.total_frames, plan.duration, workers,
     )  # fmt: skip
     progress = _ProgressReporter(on_progress)
     token = uuid.uuid4().hex[:12]
-    partial_out = out_path.with_name(f".{out_path.stem}.{token}.partial.mp4")
-    partial_poster = (
-        poster_path.with_name(f".{poster_path.stem}.{token}.partial.jpg") if poster_path else None
-    )
+    finals = [path for path in (out_path, poster_path, storyboard_path) if path is not None]
+    partials = {
+        path: path.with_name(f".{path.stem}.{token}.partial{path.suffix}") for path in finals
+    }
     try:
         with tempfile.TemporaryDirectory(prefix="ecliptic-render-") as work_name:
             work = Path(work_name)
-            parts = _encode_segments(plan, clips, work, deadline, progress)
-            list_path = _write_concat_list(work, parts)
-            _mux_final(plan, list_path, audio_path, song, partial_out, deadline, progress)
-            if partial_poster is not None:
-                _write_poster(partial_out, plan.duration / 2, partial_poster, deadline)
+            jobs = _segment_jobs(plan, clips, work, threads)
+            poster = _add_poster(plan, jobs, partials[poster_path]) if poster_path else None
+            thumbs = _add_thumbnails(plan, jobs, work) if storyboard_path else []
+            audio = work / "audio.m4a"
+            _run_encodes(plan, jobs, audio_path, song, audio, workers, deadline, progress)
 
-        os.replace(partial_out, out_path)
-        if poster_path is not None and partial_poster is not None:
-            os.replace(partial_poster, poster_path)
+            list_path = _write_concat_list(work, [job.part for job in jobs])
+            _mux_final(plan, list_path, audio, partials[out_path], deadline)
+            if poster is not None and not poster.path.is_file():
+                raise RenderFailed("The poster frame was not written.")
+            if storyboard_path is not None:
+                _tile_storyboard(plan, thumbs, partials[storyboard_path], deadline)
+
+        for path in finals:
+            os.replace(partials[path], path)
     finally:
-        for leftover in (partial_out, partial_poster):
-            if leftover is not None:
-                leftover.unlink(missing_ok=True)
+        for partial in partials.values():
+            partial.unlink(missing_ok=True)
 
     progress.finish()
     logger.info(
@@ -141,46 +204,135 @@ def _remaining(deadline: float) -> float:
     return remaining
 
 
-# ----- segments ------------------------------------------------------------------------
+def _usable_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
-def _encode_segments(
-    plan: MontagePlan,
-    clips: dict[int, tuple[Path, MediaInfo]],
-    work: Path,
-    deadline: float,
-    progress: _ProgressReporter,
-) -> list[Path]:
-    parts: list[Path] = []
+def _segment_jobs(
+    plan: MontagePlan, clips: dict[int, tuple[Path, MediaInfo]], work: Path, threads: int
+) -> list[_SegmentJob]:
+    jobs = []
     for number, segment in enumerate(plan.segments, start=1):
         path, info = clips[segment.clip]
         part = work / f"part_{number:04d}.mp4"
-        done_before = segment.start_frame / plan.total_frames
-        share = segment.frames / plan.total_frames
+        jobs.append(_SegmentJob(number, segment, path, info, part, threads))
+    return jobs
 
-        def report(fraction: float, done_before: float = done_before, share: float = share) -> None:
-            progress.report((done_before + fraction * share) * _SEGMENTS_PROGRESS_SHARE)
 
-        try:
-            _encode_segment_checked(plan, number, segment, path, info, part, deadline, report)
-        except RenderFailed as exc:
-            raise RenderFailed(
-                f"Rendering segment {number} of {len(plan.segments)} "
-                f"(clip {segment.clip}) failed: {exc.message}",
-                detail=exc.detail,
-            ) from exc
-        report(1.0)
-        parts.append(part)
-    return parts
+def _add_poster(plan: MontagePlan, jobs: list[_SegmentJob], poster: Path) -> _Still:
+    """Take the poster from the montage's middle frame, in the segment that shows it."""
+    middle = plan.total_frames // 2
+    job = next(job for job in jobs if job.segment.start_frame <= middle < job.segment.end_frame)
+    still = _Still(middle - job.segment.start_frame, poster, None, POSTER_QUALITY)
+    job.stills.append(still)
+    return still
+
+
+def storyboard_segments(count: int, limit: int = STORYBOARD_MAX_THUMBS) -> list[int]:
+    """Return the indexes of the segments the storyboard shows: all, or `limit` spread evenly.
+
+    The first and the last segment are always shown.
+    """
+    if count <= limit:
+        return list(range(count))
+    if limit == 1:
+        return [0]
+    # The step is above 1, so rounding never maps two positions to one index.
+    return [round(position * (count - 1) / (limit - 1)) for position in range(limit)]
+
+
+def _add_thumbnails(plan: MontagePlan, jobs: list[_SegmentJob], work: Path) -> list[Path]:
+    """Take a thumbnail of the middle frame of each chosen segment, in storyboard order."""
+    width = min(STORYBOARD_THUMB_WIDTH, plan.width)
+    thumbs = []
+    for order, index in enumerate(storyboard_segments(len(jobs))):
+        job = jobs[index]
+        thumb = work / f"thumb_{order:04d}.jpg"
+        job.stills.append(_Still(job.segment.frames // 2, thumb, width, 2))
+        thumbs.append(thumb)
+    return thumbs
+
+
+# ----- encodes --------------------------------------------------------------------------
+
+
+def _run_encodes(
+    plan: MontagePlan,
+    jobs: list[_SegmentJob],
+    audio_path: Path,
+    song: MediaInfo,
+    audio_out: Path,
+    workers: int,
+    deadline: float,
+    progress: _ProgressReporter,
+) -> None:
+    """Encode the song and every segment with `workers` ffmpeg processes at a time.
+
+    The first failure cancels the encodes that have not started and is raised once the
+    running ones end. Segment failures name the segment.
+    """
+    done = [0.0] * len(jobs)
+    lock = threading.Lock()
+
+    def report(index: int, fraction: float) -> None:
+        with lock:
+            done[index] = fraction * jobs[index].segment.frames
+            total = sum(done) / plan.total_frames
+        progress.report(total * _SEGMENTS_PROGRESS_SHARE)
+
+    # Longest segments first, so the last encode to finish is a short one and the other
+    # workers do not wait long for it.
+    order = sorted(range(len(jobs)), key=lambda index: -jobs[index].segment.frames)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="render") as pool:
+        # The song first: it is short and its file must exist before the mux. Keys order
+        # the errors: the song's, then the segments' in output order.
+        futures: dict[Future[None], int] = {
+            pool.submit(_encode_audio, plan, audio_path, song, audio_out, deadline): -1
+        }
+        for index in order:
+
+            def on_progress(fraction: float, index: int = index) -> None:
+                report(index, fraction)
+
+            future = pool.submit(_encode_job, plan, len(jobs), jobs[index], deadline, on_progress)
+            futures[future] = index
+        _, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in pending:
+            future.cancel()
+
+    # Leaving the pool waited for the encodes that were running.
+    errors = {
+        rank: error
+        for future, rank in futures.items()
+        if not future.cancelled() and (error := future.exception()) is not None
+    }
+    if errors:
+        raise errors[min(errors)]
+
+
+def _encode_job(
+    plan: MontagePlan,
+    count: int,
+    job: _SegmentJob,
+    deadline: float,
+    on_progress: Callable[[float], None],
+) -> None:
+    try:
+        _encode_segment_checked(plan, job, deadline, on_progress)
+    except RenderFailed as exc:
+        raise RenderFailed(
+            f"Rendering segment {job.number} of {count} "
+            f"(clip {job.segment.clip}) failed: {exc.message}",
+            detail=exc.detail,
+        ) from exc
+    on_progress(1.0)
 
 
 def _encode_segment_checked(
     plan: MontagePlan,
-    number: int,
-    segment: Segment,
-    path: Path,
-    info: MediaInfo,
-    part: Path,
+    job: _SegmentJob,
     deadline: float,
     on_progress: Callable[[float], None],
 ) -> None:
@@ -191,57 +343,54 @@ def _encode_segment_checked(
     keyframe. So the seeking run stops at the first corrupt frame (`-xerror`) and a run
     that fails or yields no frames is repeated with the clip decoded from its start.
     """
+    segment, info = job.segment, job.info
     slot_seconds = segment.frames / plan.fps
-    source_start = _clamped_start(number, segment, info)
+    source_start = _clamped_start(job.number, segment, info)
     available = info.duration - source_start
     if available < slot_seconds:
         logger.info(
             "segment %d: clip %d has %.3f s from %.3f s for a %.3f s slot; "
             "holding its last frame",
-            number, segment.clip, max(0.0, available), source_start, slot_seconds,
+            job.number, segment.clip, max(0.0, available), source_start, slot_seconds,
         )  # fmt: skip
-    encode_args = (plan, segment, path, info, source_start, part, deadline, on_progress)
 
     if source_start > 0 and info.format_name.startswith(_INDEXED_FORMATS):
         try:
-            _encode_segment(*encode_args, input_seek=True)
-            frames = _count_frames(part)
+            _encode_segment(plan, job, source_start, deadline, on_progress, input_seek=True)
+            frames = _count_frames(job.part)
         except RenderFailed as exc:
-            logger.debug("segment %d: seeking run failed: %s", number, exc.detail)
+            logger.debug("segment %d: seeking run failed: %s", job.number, exc.detail)
             frames = 0
         if frames == segment.frames:
             return
         logger.warning(
             "segment %d: seeking in clip %d gave %d of %d frames; decoding it from the start",
-            number, segment.clip, frames, segment.frames,
+            job.number, segment.clip, frames, segment.frames,
         )  # fmt: skip
 
-    _encode_segment(*encode_args, input_seek=False)
-    frames = _count_frames(part)
+    _encode_segment(plan, job, source_start, deadline, on_progress, input_seek=False)
+    frames = _count_frames(job.part)
     if frames != segment.frames:
         raise RenderFailed(f"it has {frames} frames, expected {segment.frames}.")
 
 
 def _encode_segment(
     plan: MontagePlan,
-    segment: Segment,
-    path: Path,
-    info: MediaInfo,
+    job: _SegmentJob,
     source_start: float,
-    part: Path,
     deadline: float,
     on_progress: Callable[[float], None],
     *,
     input_seek: bool,
 ) -> None:
-    """Encode one segment to `part`.
+    """Encode one segment to `job.part`, and its stills to their JPEG files.
 
     With `input_seek`, ffmpeg seeks to the keyframe before `source_start`, decodes from
     there and stops at the first corrupt frame. Without it, the clip is decoded from its
     start and the `trim` filter drops the frames before `source_start`, which is slower but
     does not depend on the keyframe index.
     """
-    slot_seconds = segment.frames / plan.fps
+    slot_seconds = job.segment.frames / plan.fps
     args: list[str] = ["-y"]
     if input_seek:
         args.append("-xerror")
@@ -249,15 +398,22 @@ def _encode_segment(
     args += FFMPEG_INPUT_GUARD
     if input_seek:
         args += ["-ss", f"{source_start:.6f}"]
-    args += ["-i", f"file:{path.resolve()}"]
-    # streams: the picture only, so audio, data tracks and cover art never reach the muxer
-    args += ["-map", f"0:{info.video_index}", "-map_metadata", "-1", "-map_chapters", "-1"]
-    # filters
+    args += ["-threads", str(job.threads), "-i", f"file:{job.path.resolve()}"]
+    # filters: only the picture stream enters the graph, so audio, data tracks and cover
+    # art never reach a muxer
     trim_start = 0.0 if input_seek else source_start
-    args += ["-vf", _segment_filter(plan, info, slot_seconds, trim_start)]
-    # encoder
+    chain = _segment_filter(plan, job.info, slot_seconds, trim_start)
+    args += ["-filter_complex", _segment_graph(job, chain)]
+    # the part
+    args += ["-map", "[main]", "-map_metadata", "-1", "-map_chapters", "-1"]
     args += _video_codec_args(plan.fps)
-    args += ["-frames:v", str(segment.frames), "-f", "mp4", str(part)]
+    args += ["-threads", str(job.threads), "-frames:v", str(job.segment.frames)]
+    args += ["-f", "mp4", str(job.part)]
+    # the stills, one JPEG each
+    for number, still in enumerate(job.stills):
+        args += ["-map", f"[still{number}]", "-frames:v", "1"]
+        args += ["-c:v", "mjpeg", "-q:v", str(still.quality)]
+        args += ["-update", "1", "-f", "image2", str(still.path)]
 
     run_ffmpeg(
         args,
@@ -265,6 +421,27 @@ def _encode_segment(
         on_progress=on_progress,
         total_seconds=slot_seconds,
     )
+    missing = [still.path.name for still in job.stills if not still.path.is_file()]
+    if missing:
+        raise RenderFailed(f"the still frames {', '.join(missing)} were not written.")
+
+
+def _segment_graph(job: _SegmentJob, chain: str) -> str:
+    """Feed the clip's picture through `chain` to `[main]` and split off one branch per still.
+
+    Each still branch keeps one frame, counted from the segment's first output frame.
+    """
+    graph = f"[0:{job.info.video_index}]{chain}"
+    if not job.stills:
+        return graph + "[main]"
+    branches = "".join(f"[s{number}]" for number in range(len(job.stills)))
+    graph += f",split={len(job.stills) + 1}[main]{branches}"
+    for number, still in enumerate(job.stills):
+        graph += f";[s{number}]select=eq(n\\,{still.frame})"
+        if still.width is not None:
+            graph += f",scale={still.width}:-2"
+        graph += f"[still{number}]"
+    return graph
 
 
 def _clamped_start(number: int, segment: Segment, info: MediaInfo) -> float:
@@ -364,27 +541,10 @@ def _count_frames(part: Path) -> int:
         raise RenderFailed("its output is unreadable.", detail=str(exc)) from exc
 
 
-# ----- join, audio, poster ---------------------------------------------------------------
-
-
-def _write_concat_list(work: Path, parts: list[Path]) -> Path:
-    """Write an ffconcat list of the parts by relative name, which `-safe 1` accepts."""
-    lines = ["ffconcat version 1.0"]
-    lines += [f"file {part.name}" for part in parts]
-    list_path = work / "parts.ffconcat"
-    list_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return list_path
-
-
-def _mux_final(
-    plan: MontagePlan,
-    list_path: Path,
-    audio_path: Path,
-    song: MediaInfo,
-    out: Path,
-    deadline: float,
-    progress: _ProgressReporter,
+def _encode_audio(
+    plan: MontagePlan, audio_path: Path, song: MediaInfo, out: Path, deadline: float
 ) -> None:
+    """Encode the song from `audio_start` to AAC in an MP4, exactly as long as the plan."""
     duration = plan.duration
     fade = min(FADE_OUT_SECONDS, duration)
     audio_filter = ",".join(
@@ -396,40 +556,75 @@ def _mux_final(
             f"afade=t=out:st={duration - fade:.6f}:d={fade:.6f}",
         ]
     )
+    args: list[str] = ["-y"]
+    # input: the song, read from audio_start (seconds after its first sample)
+    args += [*FFMPEG_INPUT_GUARD, "-ss", f"{plan.audio_start:.6f}"]
+    args += ["-i", f"file:{audio_path.resolve()}"]
+    # streams: the sound only, so cover art never reaches the muxer
+    args += ["-map", f"0:{song.audio_index}", "-map_metadata", "-1", "-map_chapters", "-1"]
+    args += ["-af", audio_filter, "-c:a", "aac", "-b:a", AUDIO_BITRATE]
+    args += ["-ar", str(AUDIO_SAMPLE_RATE), "-ac", "2"]
+    # an exact length, because apad makes the stream endless
+    args += ["-t", f"{duration:.6f}", "-f", "mp4", str(out)]
+    try:
+        run_ffmpeg(args, timeout=_remaining(deadline))
+    except RenderFailed as exc:
+        raise RenderFailed(f"Encoding the song failed: {exc.message}", detail=exc.detail) from exc
 
+
+# ----- join, storyboard -----------------------------------------------------------------
+
+
+def _write_concat_list(work: Path, parts: list[Path]) -> Path:
+    """Write an ffconcat list of the parts by relative name, which `-safe 1` accepts."""
+    lines = ["ffconcat version 1.0"]
+    lines += [f"file {part.name}" for part in parts]
+    list_path = work / "parts.ffconcat"
+    list_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return list_path
+
+
+def _mux_final(plan: MontagePlan, list_path: Path, audio: Path, out: Path, deadline: float) -> None:
+    """Join the parts and the encoded song by stream copy, with the index in front."""
     args: list[str] = ["-y"]
     # input 0: our own parts; the list may name only local files of the mov family
     args += ["-protocol_whitelist", "file", "-format_whitelist", "concat,mov"]
     args += ["-f", "concat", "-safe", "1", "-i", f"file:{list_path}"]
-    # input 1: the song, read from audio_start (seconds after its first sample)
-    args += [*FFMPEG_INPUT_GUARD, "-ss", f"{plan.audio_start:.6f}"]
-    args += ["-i", f"file:{audio_path.resolve()}"]
+    # input 1: our own AAC encode of the song
+    args += ["-protocol_whitelist", "file", "-format_whitelist", "mov"]
+    args += ["-i", f"file:{audio}"]
     # streams
-    args += ["-map", "0:v:0", "-map", f"1:{song.audio_index}"]
-    args += ["-map_metadata", "-1", "-map_chapters", "-1"]
-    # codecs
-    args += ["-c:v", "copy"]
-    args += ["-af", audio_filter, "-c:a", "aac", "-b:a", AUDIO_BITRATE]
-    args += ["-ar", str(AUDIO_SAMPLE_RATE), "-ac", "2"]
-    # output: an exact length rather than -shortest, which cuts at the shorter stream
-    args += ["-t", f"{duration:.6f}", "-movflags", "+faststart", "-f", "mp4", str(out)]
-
-    def report(fraction: float) -> None:
-        share = 1 - _SEGMENTS_PROGRESS_SHARE
-        progress.report(_SEGMENTS_PROGRESS_SHARE + fraction * share)
-
-    run_ffmpeg(args, timeout=_remaining(deadline), on_progress=report, total_seconds=duration)
-
-
-def _write_poster(video: Path, at_seconds: float, poster: Path, deadline: float) -> None:
-    args = ["-y", *FFMPEG_INPUT_GUARD, "-ss", f"{at_seconds:.3f}", "-i", f"file:{video}"]
-    args += ["-map", "0:v:0", "-frames:v", "1", "-c:v", "mjpeg", "-q:v", "3"]
-    args += ["-update", "1", "-f", "image2", str(poster)]
+    args += ["-map", "0:v:0", "-map", "1:a:0", "-map_metadata", "-1", "-map_chapters", "-1"]
+    args += ["-c", "copy"]
+    # output: +faststart rewrites the file once to put the index first, for playback
+    # before the download ends
+    args += ["-t", f"{plan.duration:.6f}", "-movflags", "+faststart", "-f", "mp4", str(out)]
     run_ffmpeg(args, timeout=_remaining(deadline))
 
 
+def _tile_storyboard(plan: MontagePlan, thumbs: list[Path], out: Path, deadline: float) -> None:
+    """Tile the thumbnails (our own JPEGs, named in order) into one JPEG grid."""
+    columns = min(STORYBOARD_COLUMNS, len(thumbs))
+    rows = math.ceil(len(thumbs) / columns)
+    pattern = thumbs[0].with_name("thumb_%04d.jpg")
+    args: list[str] = ["-y"]
+    # input: the numbered thumbnails in the render's own work folder
+    args += ["-protocol_whitelist", "file", "-format_whitelist", "image2"]
+    args += ["-f", "image2", "-start_number", "0", "-i", f"file:{pattern}"]
+    # filters: a missing cell at the end of the last row stays background
+    tile = f"tile={columns}x{rows}:padding={_STORYBOARD_PADDING}:margin={_STORYBOARD_PADDING}"
+    args += ["-vf", f"{tile}:color=0x101010"]
+    args += ["-frames:v", "1", "-c:v", "mjpeg", "-q:v", str(STORYBOARD_QUALITY)]
+    args += ["-update", "1", "-f", "image2", str(out)]
+    run_ffmpeg(args, timeout=_remaining(deadline))
+    logger.debug(
+        "storyboard: job %s, %d thumbnails in %dx%d, %d bytes",
+        plan.job_id, len(thumbs), columns, rows, out.stat().st_size,
+    )  # fmt: skip
+
+
 class _ProgressReporter:
-    """Forward a rising done fraction to the caller at most every 2 s."""
+    """Forward a rising done fraction to the caller at most every 2 s, from any thread."""
 
     interval = 2.0
 
@@ -437,19 +632,22 @@ class _ProgressReporter:
         self._callback = callback
         self._last_time = -math.inf
         self._last_value = 0.0
+        self._lock = threading.Lock()
 
     def report(self, fraction: float) -> None:
         if self._callback is None:
             return
-        fraction = min(1.0, max(self._last_value, fraction))
-        now = time.monotonic()
-        if now - self._last_time < self.interval:
-            return
-        self._last_time = now
-        self._last_value = fraction
-        self._callback(fraction)
+        with self._lock:
+            fraction = min(1.0, max(self._last_value, fraction))
+            now = time.monotonic()
+            if now - self._last_time < self.interval:
+                return
+            self._last_time = now
+            self._last_value = fraction
+            self._callback(fraction)
 
     def finish(self) -> None:
         if self._callback is not None:
-            self._last_value = 1.0
-            self._callback(1.0)
+            with self._lock:
+                self._last_value = 1.0
+                self._callback(1.0)

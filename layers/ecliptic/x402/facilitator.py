@@ -12,12 +12,19 @@ fresh 402, which would make the client sign and pay a second time:
   out after it was sent, a 5xx without a reason): `PaymentPending`. Retrying with the
   same payment is safe because the token contract accepts each nonce once.
 
+A retry of a payment whose outcome is unknown calls `settle(payment, reconcile=True)`,
+which sends `/settle` again without `/verify`. Verification would fail once the first
+transfer is on chain. A second settle of the same payload is how the x402 reference
+facilitator reconciles with the transaction it already broadcast
+(`settle_with_pending_retry` in the `x402` package, version 2.25).
+
 `OfflineFacilitator` exists for local runs and moves no funds.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
@@ -46,6 +53,29 @@ SETTLEMENT_PENDING = "settlement_pending"
 FACILITATOR_REJECTED = "payment_rejected"
 _REASON_CODE = re.compile(r"[a-z0-9_]{1,64}")
 
+# Fixes for a facilitator's rejection, by reason code: the generic `insufficient_funds`
+# and codes of the x402 reference facilitator (`x402` package, version 2.25).
+_FIXES: dict[str, str] = {
+    "insufficient_funds": "Fund the payer's address with the token on this network, then retry",
+    "invalid_exact_evm_insufficient_balance": (
+        "Fund the payer's address with the token on this network, then retry"
+    ),
+    "invalid_exact_evm_nonce_already_used": (
+        "This authorization was already used on chain. Sign a new payment"
+    ),
+    "invalid_exact_evm_payload_authorization_valid_before": (
+        "The authorization expired before it could be settled. Sign a new payment"
+    ),
+    "invalid_exact_evm_payload_authorization_valid_after": (
+        "The authorization is not valid yet. Set validAfter to 0 or a past time"
+    ),
+    "invalid_exact_evm_payload_signature": (
+        "Sign the TransferWithAuthorization again with the payer's key and the "
+        "EIP-712 domain in `extra`"
+    ),
+}
+_DEFAULT_FIX = "Check the payment against the requirements in this response and sign a new one"
+
 # Receives the HTTP method and full URL of a request and returns headers to add, e.g.
 # `{"Authorization": "Bearer <JWT>"}`. It runs once per request, because Coinbase CDP
 # JWTs name the method and URL they are valid for and expire after two minutes.
@@ -67,8 +97,11 @@ class Settlement(BaseModel):
 class Facilitator(Protocol):
     """Something that settles verified payments."""
 
-    def settle(self, payment: VerifiedPayment) -> Settlement:
+    def settle(self, payment: VerifiedPayment, *, reconcile: bool = False) -> Settlement:
         """Settle `payment` and return the settlement, or raise.
+
+        `reconcile=True` marks a retry of a settlement whose outcome is unknown, which
+        must not verify again.
 
         Raises
         ------
@@ -92,7 +125,7 @@ class OfflineFacilitator:
     including one from an empty throwaway wallet, passes.
     """
 
-    def settle(self, payment: VerifiedPayment) -> Settlement:
+    def settle(self, payment: VerifiedPayment, *, reconcile: bool = False) -> Settlement:
         """Return a successful settlement without any network call."""
         logger.warning(
             "Offline facilitator: payment of %s from %s was not broadcast, no funds moved",
@@ -136,8 +169,10 @@ class HttpFacilitator:
         self._timeout = (min(CONNECT_TIMEOUT_SECONDS, timeout), timeout)
         self._session = requests.Session()
 
-    def settle(self, payment: VerifiedPayment) -> Settlement:
+    def settle(self, payment: VerifiedPayment, *, reconcile: bool = False) -> Settlement:
         """Verify, then settle `payment` with the facilitator.
+
+        With `reconcile=True` only `/settle` is sent (see the module docstring).
 
         Raises
         ------
@@ -154,7 +189,8 @@ class HttpFacilitator:
             "paymentRequirements": payment.requirements,
         }
 
-        self._verify(payment, body)
+        if not reconcile:
+            self._verify(payment, body)
 
         return self._settle(payment, body)
 
@@ -181,7 +217,7 @@ class HttpFacilitator:
                 response.status_code,
             )
             raise PaymentRequired(
-                f"The payment facilitator rejected the payment ({reason}).",
+                f"The payment facilitator rejected the payment ({reason}). {_fix(reason)}.",
                 code=reason,
                 detail={"stage": "verify", "message": parsed.invalidMessage},
             )
@@ -223,7 +259,7 @@ class HttpFacilitator:
             )
             raise PaymentPending(
                 "Settlement of the payment is not confirmed yet. Retry the request with the "
-                "same payment.",
+                "same payment in a few seconds; do not sign a new payment.",
                 detail={"stage": "settle", "outcome": "unknown"},
             ) from exc
 
@@ -236,8 +272,10 @@ class HttpFacilitator:
                 payment.nonce,
                 parsed.transaction or "unknown",
             )
+            known = f" (transaction {parsed.transaction})" if parsed.transaction else ""
             raise PaymentPending(
-                "Settlement of the payment is pending. Retry the request with the same payment.",
+                f"Settlement of the payment is pending{known}. Retry the request with the same "
+                "payment in a few seconds; do not sign a new payment.",
                 detail={"stage": "settle", "transaction": parsed.transaction or None},
             )
         if parsed is not None and not parsed.success:
@@ -249,7 +287,8 @@ class HttpFacilitator:
                 response.status_code,
             )
             raise PaymentRequired(
-                f"The payment facilitator could not settle the payment ({reason}).",
+                f"The payment facilitator could not settle the payment ({reason}). "
+                f"{_fix(reason)}.",
                 code=reason,
                 detail={"stage": "settle", "message": parsed.errorMessage},
             )
@@ -269,7 +308,7 @@ class HttpFacilitator:
                 )
             raise PaymentPending(
                 "Settlement of the payment is not confirmed. Retry the request with the "
-                "same payment.",
+                "same payment in a few seconds; do not sign a new payment.",
                 detail={"stage": "settle", "status": response.status_code, "outcome": "unknown"},
             )
 
@@ -303,13 +342,66 @@ def facilitator_from_settings(
 ) -> Facilitator:
     """Return the offline facilitator when `settings.facilitator_mode` is `offline`, else HTTP.
 
-    NOTE: the settings contain no facilitator credentials yet, so a facilitator that needs
-    authentication (Coinbase CDP) needs `auth_header_provider`.
+    The HTTP facilitator authenticates with `auth_header_provider` when given, else with
+    the CDP key that `settings.facilitator_credentials_secret_arn` names (a Secrets
+    Manager secret or an SSM parameter, see `cdp_auth.auth_from_source`), else not at all.
+
+    Raises
+    ------
+    ServiceUnavailable
+        When the offline mode is configured inside a deployed Lambda function, or the
+        facilitator credentials cannot be read or parsed.
     """
     if settings.facilitator_mode == "offline":
+        # AWS sets AWS_LAMBDA_FUNCTION_NAME in every function; `sam local` also sets
+        # AWS_SAM_LOCAL. A deployed function with the offline mode would give work away.
+        if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and not os.environ.get("AWS_SAM_LOCAL"):
+            logger.error("The offline facilitator is configured in a deployed function")
+            raise ServiceUnavailable(
+                "Payments are not available: the service is misconfigured.",
+                detail={"facilitator_mode": "offline"},
+            )
         logger.warning("Using the offline facilitator: payments are checked but not settled")
         return OfflineFacilitator()
-    return HttpFacilitator(settings.facilitator_url, auth_header_provider)
+
+    if auth_header_provider is None and settings.facilitator_credentials_secret_arn:
+        auth_header_provider = _auth_from_settings(settings)
+    return HttpFacilitator(
+        settings.facilitator_url, auth_header_provider, timeout=DEFAULT_TIMEOUT_SECONDS
+    )
+
+
+def _auth_from_settings(settings: Settings) -> AuthHeaderProvider:
+    from aws_lambda_powertools.utilities.parameters.exceptions import (
+        GetParameterError,
+        GetSecretError,
+        TransformParameterError,
+    )
+
+    from ecliptic.x402.cdp_auth import CdpCredentialsError, auth_from_source
+
+    source = settings.facilitator_credentials_secret_arn or ""
+    try:
+        return auth_from_source(source)
+    except (CdpCredentialsError, TransformParameterError) as exc:
+        logger.error("Facilitator credentials in %s are unusable: %s", source, exc)
+        raise ServiceUnavailable(
+            "Payments are not available: the facilitator credentials are invalid.",
+            detail={"stage": "credentials"},
+        ) from exc
+    except ImportError as exc:
+        # NOTE: `cryptography` signs the JWTs but is not in layers/requirements.txt yet.
+        logger.error("CDP authentication needs the cryptography package: %s", exc)
+        raise ServiceUnavailable(
+            "Payments are not available: the service is misconfigured.",
+            detail={"stage": "credentials"},
+        ) from exc
+    except (GetParameterError, GetSecretError) as exc:
+        logger.error("Facilitator credentials in %s could not be read: %s", source, exc)
+        raise ServiceUnavailable(
+            "Payments are temporarily unavailable. Retry the request later.",
+            detail={"stage": "credentials"},
+        ) from exc
 
 
 def _json_object(response: requests.Response) -> dict[str, Any] | None:
@@ -330,6 +422,10 @@ def _parse(model: type[_Parsed], data: dict[str, Any] | None) -> _Parsed | None:
         return model.model_validate(data)
     except ValidationError:
         return None
+
+
+def _fix(reason: str) -> str:
+    return _FIXES.get(reason, _DEFAULT_FIX)
 
 
 def _reason_code(reason: str | None) -> str:

@@ -13,13 +13,17 @@ if TYPE_CHECKING:
 X_PAYMENT_RESPONSE_HEADER = "X-PAYMENT-RESPONSE"
 PAYMENT_RESPONSE_HEADER = "PAYMENT-RESPONSE"
 
+RETRY_AFTER_HEADER = "Retry-After"
+
 # Browsers hide response headers from scripts unless `Access-Control-Expose-Headers`
-# names them, and x402 clients in the browser need the challenge and the result.
+# names them, and x402 clients in the browser need the challenge, the result and when to
+# retry a payment that is still being settled.
 CORS_EXPOSE_HEADERS: list[str] = [
     PAYMENT_REQUIRED_HEADER,
     PAYMENT_RESPONSE_HEADER,
     X_PAYMENT_RESPONSE_HEADER,
     WWW_AUTHENTICATE_HEADER,
+    RETRY_AFTER_HEADER,
 ]
 
 

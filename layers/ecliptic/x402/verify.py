@@ -72,6 +72,7 @@ def verify_payment(
     *,
     now: int | None = None,
     resource_url: str | None = None,
+    check_window: bool = True,
 ) -> VerifiedPayment:
     """Check the payment header of a request against the settings' payment terms.
 
@@ -87,6 +88,10 @@ def verify_payment(
         URL of the paid resource, copied into the version 1 requirement that the
         facilitator receives. NOTE: facilitators validate it as a URL, so the API handler
         should pass the request URL. Without it the field is an empty string.
+    check_window
+        Check validAfter and validBefore against `now` (see `check_payment_window`). The
+        API turns this off to recognise a retry of a payment it already claimed, which
+        still gets its job after the authorization expired.
 
     Raises
     ------
@@ -131,12 +136,11 @@ def verify_payment(
             f"The authorization pays {authorization.to}, but it must pay {settings.pay_to}.",
         )
     value = _check_amount(authorization.value, settings.price_atomic, field="value")
-    valid_after, valid_before = _check_validity(
-        authorization.validAfter,
-        authorization.validBefore,
-        now=now,
-        window=settings.payment_window_seconds,
+    valid_after, valid_before = _parse_validity(
+        authorization.validAfter, authorization.validBefore
     )
+    if check_window:
+        _check_window(valid_after, valid_before, now=now, window=settings.payment_window_seconds)
 
     domain = TokenDomain(
         name=settings.payment_asset_name,
@@ -273,9 +277,25 @@ def _check_amount(text: str, price: int, *, field: str) -> int:
     return value
 
 
-def _check_validity(
-    valid_after_text: str, valid_before_text: str, *, now: int, window: int
-) -> tuple[int, int]:
+def check_payment_window(
+    payment: VerifiedPayment, settings: Settings, *, now: int | None = None
+) -> None:
+    """Check the validity window of a payment verified with `check_window=False`.
+
+    Raises
+    ------
+    PaymentRequired
+        With `code` `not_yet_valid`, `expired` or `validity_too_long`.
+    """
+    _check_window(
+        payment.valid_after,
+        payment.valid_before,
+        now=int(time.time()) if now is None else now,
+        window=settings.payment_window_seconds,
+    )
+
+
+def _parse_validity(valid_after_text: str, valid_before_text: str) -> tuple[int, int]:
     valid_after = int(valid_after_text)
     valid_before = int(valid_before_text)
     if valid_after >= _UINT256_LIMIT or valid_before >= _UINT256_LIMIT:
@@ -283,6 +303,10 @@ def _check_validity(
             "invalid_payment_header",
             "authorization.validAfter and validBefore must fit in uint256.",
         )
+    return valid_after, valid_before
+
+
+def _check_window(valid_after: int, valid_before: int, *, now: int, window: int) -> None:
     # validAfter = 0 (Python reference client) and now - 600 (TypeScript client) both pass.
     if valid_after > now + CLOCK_SKEW_SECONDS:
         raise _reject(
@@ -306,7 +330,6 @@ def _check_validity(
             "not_yet_valid",
             "authorization.validAfter must be earlier than validBefore.",
         )
-    return valid_after, valid_before
 
 
 def _check_signature(exact: ExactEvmPayload, domain: TokenDomain) -> str:
