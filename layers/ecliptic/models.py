@@ -102,6 +102,14 @@ class MontageRequest(BaseModel):
     durationSeconds: float | None = Field(  # noqa: N815 (API field name)
         default=None, ge=DURATION_MIN_SECONDS, le=DURATION_MAX_SECONDS
     )
+    callbackUrl: str | None = Field(default=None, max_length=2048)  # noqa: N815
+
+    @field_validator("callbackUrl")
+    @classmethod
+    def _callback_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.lower().startswith(("https://", "http://")):
+            raise ValueError("must be an https:// URL that accepts a POST when the job ends")
+        return value
 
 
 class MontageAccepted(BaseModel):
@@ -199,6 +207,7 @@ class Job(BaseModel):
     prompt: str | None = None
     format: OutputFormat = OutputFormat.AUTO
     durationSeconds: float | None = None  # noqa: N815
+    callbackUrl: str | None = None  # noqa: N815
     audioAssetId: str  # noqa: N815
     videoAssetIds: list[str]  # noqa: N815
     planner: str | None = None

@@ -187,7 +187,12 @@ def _filename_from_url(url: str) -> str | None:
 def start_execution(settings: Settings, job: Job) -> None:
     """Start the job's execution; an execution already running under its id is fine."""
     asset_ids = list(dict.fromkeys([job.audioAssetId, *job.videoAssetIds]))
-    execution_input = {"jobId": job.jobId, "assets": [{"assetId": a} for a in asset_ids]}
+    execution_input = {
+        "jobId": job.jobId,
+        "assets": [{"assetId": asset_id} for asset_id in asset_ids],
+        # The state machine reports the outcome to the callback URL only when one is set.
+        "notify": job.callbackUrl is not None,
+    }
     try:
         stepfunctions_client().start_execution(
             stateMachineArn=settings.state_machine_arn,
@@ -260,6 +265,7 @@ class JobDraft:
             prompt=self.request.prompt,
             format=self.request.format,
             durationSeconds=self.request.durationSeconds,
+            callbackUrl=self.request.callbackUrl,
             audioAssetId=self.audio_id,
             videoAssetIds=self.video_ids,
             payment=Payment(
