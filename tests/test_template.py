@@ -53,7 +53,13 @@ STEP_EVENTS = {
     "PlanFunction": ("plan.json", "PlanRequest"),
     "RenderFunction": ("render.json", "RenderRequest"),
 }
-API_EVENTS = ("api-post-montage.json", "api-get-job.json", "api-list-jobs.json")
+API_EVENTS = (
+    "api-post-montage.json",
+    "api-get-job.json",
+    "api-list-jobs.json",
+    "api-post-upload.json",
+    "api-get-asset.json",
+)
 
 TEMPLATE = load_template(TEMPLATE_PATH)
 SPECS = function_specs(TEMPLATE)

@@ -20,7 +20,6 @@ import requests
 
 from ecliptic.errors import AssetNotUsable, InvalidRequest, MediaRejected
 from ecliptic.jobs import JobStore
-from ecliptic.local.cli import CliError
 from ecliptic.models import AssetState
 from ecliptic.staging import stage_asset
 from ecliptic.storage import MediaStore, upload_object_key
@@ -284,11 +283,6 @@ def test_asset_view_after_job(stack, media_server, small_media) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=CliError,
-    reason="needs resolve_assets to accept pending uploads through check_upload_received",
-)
 def test_uploaded_assets_make_a_job(stack, small_media) -> None:
     """POST /uploads, PUT both files, then a paid job that names the asset ids succeeds."""
     from ecliptic.local.cli import submit_paid, wait_for_job

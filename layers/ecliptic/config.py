@@ -47,12 +47,13 @@ class Settings(BaseModel):
     facilitator_credentials_secret_arn: str | None = None
 
     # Media staging.
+    max_videos: int = Field(default=20, ge=1, le=100, description="clips per request")
     allow_loopback_urls: bool = False
     fetch_timeout_seconds: float = Field(
         default=60.0, gt=0, description="max time for one URL download (s), redirects included"
     )
     fetch_read_timeout_seconds: float = Field(
-        default=20.0, gt=0, description="longest wait for a connection or for the next bytes (s)"
+        default=20.0, gt=0, description="max wait for a connection or for the next bytes (s)"
     )
     fetch_max_redirects: int = Field(default=3, ge=0, le=10)
     fetch_ca_bundle: str | None = Field(
@@ -105,6 +106,26 @@ class Settings(BaseModel):
         default=1024 * 1024 * 1024,
         ge=0,
         description="upload at most this many bytes of media per job to the Gemini Files API",
+    )
+
+    # Webhooks to a job's callbackUrl.
+    webhook_secret: str | None = Field(
+        default=None, description="HMAC key that signs webhooks (local runs and tests)"
+    )
+    webhook_secret_arn: str | None = Field(
+        default=None, description="Secrets Manager secret whose plain-text value signs webhooks"
+    )
+    webhook_attempts: int = Field(
+        default=5, ge=1, le=10, description="tries per webhook on 408, 429, 5xx and network errors"
+    )
+    webhook_backoff_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="delay (s) before the first webhook retry; each retry doubles it",
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=60, description="max time (s) for one webhook attempt"
     )
 
     @classmethod

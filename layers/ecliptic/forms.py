@@ -1,10 +1,10 @@
 """Multipart `POST /montages` bodies (`multipart/form-data`, RFC 7578).
 
 The fields `audio` (once) and `videos` (repeated, in order) each carry a file or a JSON media
-descriptor such as `{"url": "https://…"}` or `{"assetId": "vid_…"}`. `prompt`, `username`,
-`format` and `durationSeconds` are plain text fields. `parse_montage_form` turns the body
-into the same `MontageRequest` a JSON body gives, so the same validation applies, plus the
-list of uploaded files.
+descriptor such as `{"url": "https://…"}` or `{"assetId": "vid_…"}`. The other request
+fields (`prompt`, `username`, `format`, …) are plain text fields. `parse_montage_form` turns
+the body into the same `MontageRequest` a JSON body gives, so the same validation applies,
+plus the list of uploaded files.
 
 A file field becomes a media reference with neither `url` nor `assetId`, so the submission
 allocates a new asset for it like for a URL. After the payment settles, `stage_form_files`
@@ -43,7 +43,8 @@ from ecliptic.staging import check_media_type, describe_non_media, kind_max_byte
 from ecliptic.storage import MediaStore
 
 MEDIA_FIELDS = ("audio", "videos")
-TEXT_FIELDS = ("prompt", "username", "format", "durationSeconds")
+# Every other request field is a plain text field.
+TEXT_FIELDS = tuple(name for name in MontageRequest.model_fields if name not in MEDIA_FIELDS)
 # Browsers send one part per file input; some form libraries name repeated fields `name[]`.
 _FIELD_ALIASES = {"videos[]": "videos"}
 # A stand-in `assetId` that lets a file field pass `MediaRef` validation; it is replaced
@@ -304,10 +305,9 @@ def parse_montage_form(
     for part in parse_multipart(body, content_type, max_parts=settings.max_form_parts):
         name = _FIELD_ALIASES.get(part.name, part.name)
         if name not in MEDIA_FIELDS and name not in TEXT_FIELDS:
+            known = ", ".join(MEDIA_FIELDS + TEXT_FIELDS)
             raise InvalidRequest(
-                f"Unknown form field `{name}`; the fields are audio, videos, prompt, username, "
-                "format and durationSeconds.",
-                field=name,
+                f"Unknown form field `{name}`; the fields are {known}.", field=name
             )
         if name == "audio" and "audio" in data:
             raise InvalidRequest("Send the `audio` field once.", field="audio")

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 PROMPT_MAX_CHARS = 1000
 USERNAME_MAX_CHARS = 50
 FILENAME_MAX_CHARS = 255
-VIDEOS_MAX = 20
+# Hard ceiling on clips per request; the deployed limit is the `max_videos` setting.
+VIDEOS_MAX = 100
 DURATION_MIN_SECONDS = 3.0
 DURATION_MAX_SECONDS = 600.0
 

@@ -34,6 +34,13 @@ from ecliptic.errors import (
     PaymentRequired,
     ServiceUnavailable,
 )
+from ecliptic.forms import (
+    FormFile,
+    form_body_hash,
+    is_multipart,
+    parse_montage_form,
+    stage_form_files,
+)
 from ecliptic.ids import asset_kind, new_asset_id, new_job_id
 from ecliptic.jobs import (
     CLAIM_CLAIMED,
@@ -55,6 +62,7 @@ from ecliptic.models import (
     Payment,
 )
 from ecliptic.storage import asset_object_key
+from ecliptic.uploads import check_upload_received, is_pending_upload
 from ecliptic.x402.facilitator import Settlement, facilitator_from_settings
 from ecliptic.x402.response import payment_response_header
 from ecliptic.x402.verify import check_payment_window, verify_payment
@@ -123,6 +131,12 @@ def resolve_assets(
     request: MontageRequest, jobs: JobStore, job_id: str
 ) -> tuple[str, list[str], list[Asset]]:
     """Check reused asset ids and allocate new ones; return ids and the assets to create."""
+    max_videos = get_settings().max_videos
+    if len(request.videos) > max_videos:
+        raise InvalidRequest(
+            f"Field `videos`: at most {max_videos} clips per montage, got {len(request.videos)}.",
+            field="videos",
+        )
     new_assets: list[Asset] = []
 
     def resolve(ref: MediaRef, kind: MediaKind, field_name: str) -> str:
@@ -144,7 +158,9 @@ def resolve_assets(
                     f"Asset {ref.assetId} in `{field_name}` does not exist.",
                     field=f"{field_name}.assetId",
                 )
-            if asset.state != AssetState.STAGED:
+            if is_pending_upload(asset):
+                check_upload_received(asset, field=field_name)
+            elif asset.state != AssetState.STAGED:
                 raise AssetNotUsable(
                     f"Asset {ref.assetId} in `{field_name}` is {asset.state}, not staged; "
                     "send its URL again instead.",
@@ -230,10 +246,16 @@ def submit_montage(
     """
     settings = get_settings()
     jobs = JobStore()
-    request = parse_request(body)
+    content_type = next(
+        (value for name, value in headers.items() if name.lower() == "content-type"), ""
+    )
+    form = parse_montage_form(body or b"", content_type) if is_multipart(content_type) else None
+    request = form.request if form is not None else parse_request(body)
     job_id = new_job_id()
     audio_id, video_ids, new_assets = resolve_assets(request, jobs, job_id)
-    draft = JobDraft(job_id, request, audio_id, video_ids, new_assets)
+    draft = JobDraft(
+        job_id, request, audio_id, video_ids, new_assets, form.files if form is not None else []
+    )
 
     # The window is checked later, because a retry of a claimed payment gets its job even
     # after its authorization expired.
@@ -252,6 +274,7 @@ class JobDraft:
     audio_id: str
     video_ids: list[str]
     new_assets: list[Asset]
+    files: list[FormFile] = field(default_factory=list)
 
     def job(self, settlement: Settlement) -> Job:
         """Return the queued job, paid by `settlement`."""
@@ -299,7 +322,7 @@ class PaidSubmission:
         self.facilitator = facilitator
         self.payment = payment
         self.draft = draft
-        self.request_hash = body_hash(draft.request)
+        self.request_hash = form_body_hash(body_hash(draft.request), draft.files)
         self.lease_id = secrets.token_hex(16)
         self._ids = {"payer": payment.payer, "nonce": payment.nonce, "job_id": draft.job_id}
 
@@ -432,6 +455,9 @@ class PaidSubmission:
 
     def _start_job(self, settlement: Settlement) -> Submission:
         job = self.draft.job(settlement)
+        stage_form_files(
+            self.draft.files, self.draft.audio_id, self.draft.video_ids, self.draft.new_assets
+        )
         self.jobs.create_job(
             job,
             self.draft.new_assets,

@@ -120,6 +120,9 @@ class LocalRuntime:
             # both settings exist only here and are never set by the template.
             "ECLIPTIC_ALLOW_LOOPBACK_URLS": "true",
             "ECLIPTIC_FACILITATOR_MODE": "offline",
+            # A fixed, public key, so local receivers can check webhook signatures. The
+            # template reads the deployed key from Secrets Manager instead.
+            "ECLIPTIC_WEBHOOK_SECRET": "local-webhook-secret",
             "POWERTOOLS_SERVICE_NAME": "ecliptic-local",
             "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_METRICS_DISABLED": "true",
