@@ -182,3 +182,19 @@ def test_list_jobs_empty(stack):
 
     assert response.status_code == 200
     assert response.json() == {"jobs": []}
+
+
+def test_unexpected_error_keeps_error_shape(stack, monkeypatch):
+    """A failure nobody raised on purpose still answers 500 in the one error shape."""
+    from ecliptic.jobs import JobStore
+
+    def broken(self, job_id):
+        raise RuntimeError("table unreachable")
+
+    monkeypatch.setattr(JobStore, "get_job", broken)
+
+    response = requests.get(f"{stack.url}/jobs/job_0123456789abcdefghij", timeout=30)
+
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error"
+    assert "table unreachable" not in response.text

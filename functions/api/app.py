@@ -9,7 +9,7 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, CORSConfig, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from ecliptic.config import get_settings
@@ -25,6 +25,21 @@ from ecliptic.forms import request_body
 from ecliptic.ids import JOB_ID_PATTERN
 from ecliptic.jobs import JobStore
 from ecliptic.models import USERNAME_MAX_CHARS
+from ecliptic.openapi import (
+    CREATE_MONTAGE_RESPONSES,
+    CREATE_UPLOAD_RESPONSES,
+    DOCS_PATH,
+    DOCS_RESPONSES,
+    GET_ASSET_RESPONSES,
+    GET_JOB_RESPONSES,
+    LIST_JOBS_RESPONSES,
+    OPENAPI_PATH,
+    OPENAPI_RESPONSES,
+    AssetId,
+    JobId,
+    openapi_document,
+    swagger_ui_html,
+)
 from ecliptic.submission import submit_montage
 from ecliptic.uploads import create_upload, get_asset_view, parse_upload_request
 from ecliptic.views import job_view
@@ -49,10 +64,14 @@ LIST_LIMIT_DEFAULT = 20
 LIST_LIMIT_MAX = 100
 
 
-def _resource_url() -> str:
+def _base_url() -> str:
     event = app.current_event
     proto = event.headers.get("x-forwarded-proto", "https")
-    return f"{proto}://{event.request_context.domain_name}{event.raw_path}"
+    return f"{proto}://{event.request_context.domain_name}"
+
+
+def _resource_url() -> str:
+    return _base_url() + app.current_event.raw_path
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
@@ -61,8 +80,17 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
     )
 
 
-@app.post("/montages")
-def create_montage() -> Response:
+# Routes carry no return annotation: Powertools' OpenAPI generator cannot describe one of
+# `Response`, so the `responses` tables in ecliptic.openapi document the bodies instead.
+@app.post(
+    "/montages",
+    summary="Request a montage (paid with x402)",
+    tags=["montages"],
+    operation_id="createMontage",
+    status_code=202,
+    responses=CREATE_MONTAGE_RESPONSES,
+)
+def create_montage():
     event = app.current_event
     body = request_body(event.raw_event)
     submission = submit_montage(body, event.headers, _resource_url())
@@ -75,18 +103,30 @@ def create_montage() -> Response:
     return _json(202, submission.accepted.model_dump(mode="json"), submission.headers)
 
 
-@app.get("/jobs/<job_id>")
-def get_job(job_id: str) -> Response:
-    if not JOB_ID_PATTERN.match(job_id):
-        raise NotFound(f"No job has the id {job_id!r}; job ids look like job_… .", field="jobId")
-    job = JobStore().get_job(job_id)
+@app.get(
+    "/jobs/<jobId>",
+    summary="Get a job's status, progress and output",
+    tags=["jobs"],
+    operation_id="getJob",
+    responses=GET_JOB_RESPONSES,
+)
+def get_job(jobId: JobId):  # noqa: N803 (the path parameter's public name)
+    if not JOB_ID_PATTERN.match(jobId):
+        raise NotFound(f"No job has the id {jobId!r}; job ids look like job_… .", field="jobId")
+    job = JobStore().get_job(jobId)
     if job is None:
-        raise NotFound(f"Job {job_id} does not exist.", field="jobId")
+        raise NotFound(f"Job {jobId} does not exist.", field="jobId")
     return _json(200, job_view(job))
 
 
-@app.get("/jobs")
-def list_jobs() -> Response:
+@app.get(
+    "/jobs",
+    summary="List jobs, newest first",
+    tags=["jobs"],
+    operation_id="listJobs",
+    responses=LIST_JOBS_RESPONSES,
+)
+def list_jobs():
     raw_limit = app.current_event.get_query_string_value("limit", str(LIST_LIMIT_DEFAULT))
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= LIST_LIMIT_MAX:
         raise InvalidRequest(
@@ -105,8 +145,15 @@ def list_jobs() -> Response:
     return _json(200, body)
 
 
-@app.post("/uploads")
-def create_upload_url() -> Response:
+@app.post(
+    "/uploads",
+    summary="Get a URL to upload a large file to",
+    tags=["assets"],
+    operation_id="createUpload",
+    status_code=201,
+    responses=CREATE_UPLOAD_RESPONSES,
+)
+def create_upload_url():
     ticket = create_upload(parse_upload_request(request_body(app.current_event.raw_event)))
 
     logger.append_keys(asset_id=ticket.assetId)
@@ -114,14 +161,49 @@ def create_upload_url() -> Response:
     return _json(201, ticket.model_dump(mode="json"))
 
 
-@app.get("/assets/<asset_id>")
-def get_asset(asset_id: str) -> Response:
-    return _json(200, get_asset_view(asset_id))
+@app.get(
+    "/assets/<assetId>",
+    summary="Get an asset's state and probed facts",
+    tags=["assets"],
+    operation_id="getAsset",
+    responses=GET_ASSET_RESPONSES,
+)
+def get_asset(assetId: AssetId):  # noqa: N803 (the path parameter's public name)
+    return _json(200, get_asset_view(assetId))
+
+
+@app.get(
+    OPENAPI_PATH,
+    summary="This OpenAPI document",
+    tags=["documentation"],
+    operation_id="getOpenApiDocument",
+    responses=OPENAPI_RESPONSES,
+)
+def get_openapi_document():
+    return _json(200, openapi_document(app, server_url=_base_url()))
+
+
+@app.get(
+    DOCS_PATH,
+    summary="Swagger UI for this document",
+    tags=["documentation"],
+    operation_id="getDocs",
+    responses=DOCS_RESPONSES,
+)
+def get_docs():
+    return Response(
+        status_code=200, content_type="text/html; charset=utf-8", body=swagger_ui_html()
+    )
 
 
 @app.exception_handler(PaymentRequired)
 def payment_required(error: PaymentRequired) -> Response:
     metrics.add_metric(name="PaymentsRejected", unit=MetricUnit.Count, value=1)
+    # The same count by reason, from a fresh metric set, so `reason` stays off other metrics.
+    by_reason = EphemeralMetrics()
+    by_reason.add_dimension(name="reason", value=error.code)
+    by_reason.add_metric(name="PaymentsRejected", unit=MetricUnit.Count, value=1)
+    by_reason.flush_metrics()
     logger.info("payment rejected", reason=error.code)
     # x402 clients parse this body as the v1 challenge, where `error` must be a string, so
     # the machine-readable reason goes in `reason` instead of the usual error object.
@@ -154,13 +236,28 @@ def ecliptic_error(error: EclipticError) -> Response:
     return _json(error.status, error.to_body())
 
 
+@app.exception_handler(Exception)
+def unexpected_error(error: Exception) -> Response:
+    # Anything not raised on purpose: keep the traceback in the logs, not in the response.
+    logger.exception("unexpected error", error_type=type(error).__name__)
+    body = {
+        "error": {
+            "code": "internal_error",
+            "message": "The request failed on our side; retrying later is safe.",
+        }
+    }
+    return _json(500, body)
+
+
 @app.not_found
 def route_not_found(_: NotFoundError) -> Response:
     path = app.current_event.raw_path
     return _json(404, {"error": {"code": "route_not_found", "message": f"No route {path}."}})
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@logger.inject_lambda_context(
+    correlation_id_path=correlation_paths.API_GATEWAY_HTTP, clear_state=True
+)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
