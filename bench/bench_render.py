@@ -13,6 +13,9 @@ montage. Each timed part then runs in a fresh Python process:
   renderer's x264 and AAC settings and `+faststart`;
 - `render`: `render_montage` with a poster and a storyboard, default workers;
 - `render-1`: the same with one worker, for comparison;
+- `graph`: the alternative design, one ffmpeg run with one filter graph: every clip an
+  input seeked to its segment, the renderer's per-segment filter chain on each, `concat`,
+  the song under it;
 - `reencode`: an ffmpeg encode of the montage's own frames, read from a raw file decoded
   before the clock starts, which is the cost of encoding exactly this output;
 - `moviepy`: moviepy 2.x making the same edit (subclips, centre crop, resize, song with a
@@ -40,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,7 +68,7 @@ CLIP_SOURCES = (
              f"life_color=#f0c040,scale=1920:1080:flags=neighbor,trim=duration={CLIP_SECONDS}"),
 )  # fmt: skip
 SAMPLE_SECONDS = 0.02
-PARTS = ("bare", "render", "render-1", "reencode", "moviepy")
+PARTS = ("bare", "render", "render-1", "graph", "reencode", "moviepy")
 
 
 def _print(line: str = "") -> None:
@@ -170,46 +174,48 @@ def _run(argv: list[str]) -> None:
 
 
 def run_part(part: str, spec_path: Path, out: Path) -> None:
-    """Run one part and print one JSON line with its timed wall and CPU seconds."""
+    """Run one part and print one JSON line with its timed wall and CPU seconds.
+
+    Imports, probing the clips and decoding the raw frames happen before the clock starts:
+    in the service the probe facts come from the analyze step.
+    """
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
-    if part == "reencode":
-        raw = _decode_raw(spec, out.with_name("render.mp4"))
-    started_cpu = _cpu_seconds()
-    started = time.perf_counter()
     if part == "bare":
-        _bare_encode(spec, out)
+        timed = _bare_encode(spec, out)
     elif part in ("render", "render-1"):
-        _render(spec, out, workers=1 if part == "render-1" else None)
+        timed = _render(spec, out, workers=1 if part == "render-1" else None)
+    elif part == "graph":
+        timed = _one_graph(spec, out)
     elif part == "reencode":
-        _encode_raw(spec, raw, out)
+        timed = _encode_raw(spec, out)
     elif part == "moviepy":
-        _moviepy_edit(spec, out)
+        timed = _moviepy_edit(spec, out)
     else:
         raise SystemExit(f"unknown part {part!r}; choose one of {', '.join(PARTS)}")
+
+    started_self, started_children = _cpu_seconds()
+    started = time.perf_counter()
+    timed()
     seconds = time.perf_counter() - started
-    cpu = _cpu_seconds() - started_cpu
-    if part == "reencode":
-        raw.unlink()
-    usage_self = resource.getrusage(resource.RUSAGE_SELF)
-    usage_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ended_self, ended_children = _cpu_seconds()
     _print(
         json.dumps(
             {
                 "seconds": seconds,
-                "cpu": cpu,
-                "maxrss_self_mb": usage_self.ru_maxrss / 1024,
-                "maxrss_child_mb": usage_children.ru_maxrss / 1024,
+                "cpu": ended_self + ended_children - started_self - started_children,
+                "cpu_python": ended_self - started_self,
+                "maxrss_self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "maxrss_child_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
             }
         )
     )
 
 
-def _cpu_seconds() -> float:
-    total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-        usage = resource.getrusage(who)
-        total += usage.ru_utime + usage.ru_stime
-    return total
+def _cpu_seconds() -> tuple[float, float]:
+    """Return the user + system seconds of this process and of its waited-for children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
 def _x264_args() -> list[str]:
@@ -231,16 +237,17 @@ def _aac_args() -> list[str]:
     ]  # fmt: skip
 
 
-def _bare_encode(spec: dict, out: Path) -> None:
+def _bare_encode(spec: dict, out: Path) -> Callable[[], None]:
     source = f"testsrc2=size={WIDTH}x{HEIGHT}:rate={FPS}:duration={DURATION}"
-    _run([
+    argv = [
         spec["ffmpeg"], "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
         "-f", "lavfi", "-i", source, "-i", spec["song"], "-map", "0:v", "-map", "1:a",
         *_x264_args(), *_aac_args(), "-t", str(DURATION), "-movflags", "+faststart", str(out),
-    ])  # fmt: skip
+    ]  # fmt: skip
+    return lambda: _run(argv)
 
 
-def _render(spec: dict, out: Path, workers: int | None) -> None:
+def _render(spec: dict, out: Path, workers: int | None) -> Callable[[], None]:
     from ecliptic.media.probe import probe_media
     from ecliptic.media.render import render_montage
     from ecliptic.models import MontagePlan
@@ -248,79 +255,123 @@ def _render(spec: dict, out: Path, workers: int | None) -> None:
     plan = MontagePlan.model_validate(spec["plan"])
     paths = [Path(path) for path in spec["clips"]]
     clips = {index: (path, probe_media(path)) for index, path in enumerate(paths)}
-    render_montage(
-        plan,
-        audio_path=Path(spec["song"]),
-        clips=clips,
-        out_path=out,
-        poster_path=out.with_suffix(".poster.jpg"),
-        storyboard_path=out.with_suffix(".storyboard.jpg"),
-        workers=workers,
-    )
+
+    def timed() -> None:
+        render_montage(
+            plan,
+            audio_path=Path(spec["song"]),
+            clips=clips,
+            out_path=out,
+            poster_path=out.with_suffix(".poster.jpg"),
+            storyboard_path=out.with_suffix(".storyboard.jpg"),
+            workers=workers,
+        )
+
+    return timed
 
 
-def _decode_raw(spec: dict, montage: Path) -> Path:
-    raw = montage.with_suffix(".yuv")
+def _one_graph(spec: dict, out: Path) -> Callable[[], None]:
+    """Build the one-graph command from the renderer's own per-segment filter chain."""
+    from ecliptic.media.ffmpeg import FFMPEG_INPUT_GUARD
+    from ecliptic.media.probe import probe_media
+    from ecliptic.media.render import _segment_filter  # the chain under comparison
+    from ecliptic.models import MontagePlan
+
+    plan = MontagePlan.model_validate(spec["plan"])
+    infos = [probe_media(Path(path)) for path in spec["clips"]]
+    argv = [spec["ffmpeg"], "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
+    chains = []
+    for number, segment in enumerate(plan.segments):
+        info = infos[segment.clip]
+        argv += [*FFMPEG_INPUT_GUARD, "-ss", f"{segment.source_start:.6f}"]
+        argv += ["-i", spec["clips"][segment.clip]]
+        chain = _segment_filter(plan, info, segment.frames / plan.fps, 0.0)
+        chains.append(
+            f"[{number}:{info.video_index}]{chain},"
+            f"trim=end_frame={segment.frames},setpts=PTS-STARTPTS[v{number}]"
+        )
+    song_input = len(plan.segments)
+    argv += ["-i", spec["song"]]
+    inputs = "".join(f"[v{number}]" for number in range(len(plan.segments)))
+    graph = ";".join([*chains, f"{inputs}concat=n={len(plan.segments)}:v=1:a=0[v]"])
+    argv += ["-filter_complex", graph, "-map", "[v]", "-map", f"{song_input}:a"]
+    argv += [*_x264_args(), *_aac_args(), "-t", str(DURATION), "-movflags", "+faststart"]
+    argv.append(str(out))
+    return lambda: _run(argv)
+
+
+def _encode_raw(spec: dict, out: Path) -> Callable[[], None]:
+    """Decode the rendered montage to a raw file now; the timed call encodes it."""
+    raw = out.with_suffix(".yuv")
     _run([
         spec["ffmpeg"], "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-        "-i", str(montage), "-map", "0:v", "-f", "rawvideo", "-pix_fmt", "yuv420p", str(raw),
+        "-i", str(out.with_name("render.mp4")), "-map", "0:v",
+        "-f", "rawvideo", "-pix_fmt", "yuv420p", str(raw),
     ])  # fmt: skip
-    return raw
-
-
-def _encode_raw(spec: dict, raw: Path, out: Path) -> None:
-    _run([
+    argv = [
         spec["ffmpeg"], "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
         "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", f"{WIDTH}x{HEIGHT}", "-r", str(FPS),
         "-i", str(raw), "-i", spec["song"], "-map", "0:v", "-map", "1:a",
         *_x264_args(), *_aac_args(), "-t", str(DURATION), "-movflags", "+faststart", str(out),
-    ])  # fmt: skip
+    ]  # fmt: skip
+
+    def timed() -> None:
+        try:
+            _run(argv)
+        finally:
+            raw.unlink()
+
+    return timed
 
 
-def _moviepy_edit(spec: dict, out: Path) -> None:
+def _moviepy_edit(spec: dict, out: Path) -> Callable[[], None]:
     """The same edit in moviepy 2.x: this function imports only moviepy and the stdlib."""
     from moviepy import AudioFileClip, VideoFileClip, concatenate_videoclips
     from moviepy.audio.fx import AudioFadeOut
 
     plan = spec["plan"]
     width, height, fps = plan["width"], plan["height"], plan["fps"]
-    sources: dict[int, VideoFileClip] = {}
-    parts = []
-    for segment in plan["segments"]:
-        clip = segment["clip"]
-        if clip not in sources:
-            sources[clip] = VideoFileClip(spec["clips"][clip], audio=False)
-        start = segment["source_start"]
-        seconds = (segment["end_frame"] - segment["start_frame"]) / fps
-        part = sources[clip].subclipped(start, start + seconds)
-        # Cover the frame: centre-crop to the output aspect, then resize.
-        scale = max(width / part.w, height / part.h)
-        part = part.cropped(
-            x_center=part.w / 2,
-            y_center=part.h / 2,
-            width=round(width / scale),
-            height=round(height / scale),
-        ).resized((width, height))
-        parts.append(part)
-    video = concatenate_videoclips(parts)
-    duration = plan["total_frames"] / fps
-    start = plan["audio_start"]
-    song = AudioFileClip(spec["song"]).subclipped(start, start + duration)
-    video = video.with_audio(song.with_effects([AudioFadeOut(1.0)])).with_duration(duration)
-    video.write_videofile(
-        str(out),
-        fps=fps,
-        codec="libx264",
-        preset="veryfast",
-        audio_codec="aac",
-        audio_bitrate="192k",
-        audio_fps=48000,
-        ffmpeg_params=["-crf", "20", "-profile:v", "high", "-g", str(2 * fps)],
-        pixel_format="yuv420p",
-        logger=None,
-    )
-    for source in sources.values():
-        source.close()
+
+    def timed() -> None:
+        sources: dict[int, VideoFileClip] = {}
+        parts = []
+        for segment in plan["segments"]:
+            clip = segment["clip"]
+            if clip not in sources:
+                sources[clip] = VideoFileClip(spec["clips"][clip], audio=False)
+            start = segment["source_start"]
+            seconds = (segment["end_frame"] - segment["start_frame"]) / fps
+            part = sources[clip].subclipped(start, start + seconds)
+            # Cover the frame: centre-crop to the output aspect, then resize.
+            scale = max(width / part.w, height / part.h)
+            part = part.cropped(
+                x_center=part.w / 2,
+                y_center=part.h / 2,
+                width=round(width / scale),
+                height=round(height / scale),
+            ).resized((width, height))
+            parts.append(part)
+        video = concatenate_videoclips(parts)
+        duration = plan["total_frames"] / fps
+        start = plan["audio_start"]
+        song = AudioFileClip(spec["song"]).subclipped(start, start + duration)
+        video = video.with_audio(song.with_effects([AudioFadeOut(1.0)])).with_duration(duration)
+        video.write_videofile(
+            str(out),
+            fps=fps,
+            codec="libx264",
+            preset="veryfast",
+            audio_codec="aac",
+            audio_bitrate="192k",
+            audio_fps=48000,
+            ffmpeg_params=["-crf", "20", "-profile:v", "high", "-g", str(2 * fps)],
+            pixel_format="yuv420p",
+            logger=None,
+        )
+        for source in sources.values():
+            source.close()
+
+    return timed
 
 
 # ----- the driver -------------------------------------------------------------------------
@@ -392,8 +443,10 @@ def measure(part: str, python: str, spec_path: Path, out: Path) -> dict[str, flo
 
 def _has_moviepy(python: str) -> str | None:
     """Return the moviepy version that `python` imports, or None."""
+    # moviepy 2.2.1 still reports 2.1.2 as moviepy.__version__, so ask the package metadata.
+    code = "import importlib.metadata, moviepy; print(importlib.metadata.version('moviepy'))"
     probe = subprocess.run(
-        [python, "-c", "import moviepy; print(moviepy.__version__)"],
+        [python, "-c", code],
         capture_output=True,
         text=True,
         check=False,
@@ -434,6 +487,9 @@ def main() -> None:
         "--moviepy-python", default=sys.executable, help="interpreter that can import moviepy"
     )
     parser.add_argument("--skip", action="append", default=[], choices=PARTS, help="part to skip")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds of all parts; the report takes the fastest"
+    )
     parser.add_argument("--part", choices=PARTS, help=argparse.SUPPRESS)
     parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -454,39 +510,60 @@ def main() -> None:
     try:
         _print(f"preparing media in {work}")
         spec_path = prepare(work)
-        results: dict[str, dict[str, float]] = {}
-        for part in PARTS:
-            if part in args.skip:
-                continue
-            if part == "moviepy" and moviepy_version is None:
-                _print(
-                    f"moviepy: skipped, `import moviepy` fails in {args.moviepy_python} "
-                    "(make bench installs moviepy>=2,<3 into .venv)"
-                )
-                continue
-            if part == "reencode" and "render" not in results:
-                continue
-            python = args.moviepy_python if part == "moviepy" else sys.executable
-            results[part] = measure(part, python, spec_path, work / f"{part}.mp4")
-            result = results[part]
+        parts = [part for part in PARTS if part not in args.skip]
+        if "moviepy" in parts and moviepy_version is None:
+            parts.remove("moviepy")
             _print(
-                f"{part:<9} wall {result['seconds']:7.2f} s  cpu {result['cpu']:7.2f} s  "
-                f"peak {result['peak_tree_mb']:6.0f} MB (tree), "
-                f"{result['maxrss_child_mb']:5.0f} MB (largest child)"
+                f"moviepy: skipped, `import moviepy` fails in {args.moviepy_python} "
+                "(make bench installs moviepy>=2,<3 into .venv)"
             )
-        _report(results)
+        if "reencode" in parts and "render" not in parts:
+            parts.remove("reencode")  # it encodes the frames that the render part wrote
+        runs: dict[str, list[dict[str, float]]] = {part: [] for part in parts}
+        for round_number in range(1, args.repeat + 1):
+            for part in parts:
+                python = args.moviepy_python if part == "moviepy" else sys.executable
+                result = measure(part, python, spec_path, work / f"{part}.mp4")
+                runs[part].append(result)
+                _print(
+                    f"round {round_number} {part:<9} wall {result['seconds']:7.2f} s  "
+                    f"cpu {result['cpu']:7.2f} s (python {result['cpu_python']:5.2f} s)  "
+                    f"peak {result['peak_tree_mb']:5.0f} MB tree, "
+                    f"{result['maxrss_child_mb']:4.0f} MB largest child"
+                )
+        _report(runs)
         _print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     finally:
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
 
 
-def _report(results: dict[str, dict[str, float]]) -> None:
+def _report(runs: dict[str, list[dict[str, float]]]) -> None:
+    """Print the fastest wall and CPU time of each part, the largest peak, and the ratios."""
+    results = {
+        part: {
+            "seconds": min(run["seconds"] for run in part_runs),
+            "cpu": min(run["cpu"] for run in part_runs),
+            "peak_tree_mb": max(run["peak_tree_mb"] for run in part_runs),
+        }
+        for part, part_runs in runs.items()
+    }
+    rounds = max(len(part_runs) for part_runs in runs.values())
+    _print()
+    _print(f"{'part':<9} {'wall s':>8} {'cpu s':>8} {'peak MB':>8}  (best of {rounds} rounds)")
+    for part, result in results.items():
+        _print(
+            f"{part:<9} {result['seconds']:8.2f} {result['cpu']:8.2f} {result['peak_tree_mb']:8.0f}"
+        )
     render = results.get("render")
     if render is None:
         return
     _print()
-    for base, label in (("bare", "bare testsrc2 encode"), ("reencode", "encode of its frames")):
+    for base, label in (
+        ("bare", "bare testsrc2 encode"),
+        ("reencode", "encode of its frames"),
+        ("graph", "one filter graph"),
+    ):
         if base in results:
             wall = render["seconds"] / results[base]["seconds"]
             cpu = render["cpu"] / results[base]["cpu"]

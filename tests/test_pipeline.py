@@ -52,7 +52,7 @@ def test_montage_job_succeeds(stack, media_server, small_media):
     assert _state_names(stack.runtime.execution_history(job["jobId"])) == [
         "Record staging", "Stage assets", "Stage asset", "Stage asset", "Stage asset",
         "Record planning", "Analyze media", "Plan montage", "Record rendering",
-        "Render montage", "Record success",
+        "Render montage", "Record success", "Report success", "Montage ready",
     ]
 
     listed = requests.get(f"{stack.url}/jobs?limit=5", timeout=30).json()["jobs"]

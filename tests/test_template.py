@@ -59,6 +59,8 @@ API_EVENTS = (
     "api-list-jobs.json",
     "api-post-upload.json",
     "api-get-asset.json",
+    "api-get-openapi.json",
+    "api-get-docs.json",
 )
 
 TEMPLATE = load_template(TEMPLATE_PATH)

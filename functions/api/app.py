@@ -233,7 +233,9 @@ def ecliptic_error(error: EclipticError) -> Response:
         logger.error("request failed", code=error.code, detail=str(error.detail))
     else:
         logger.info("request rejected", code=error.code, field=error.field)
-    return _json(error.status, error.to_body())
+    # Every 503 (a dependency failed, the job was not started) is safe to retry.
+    headers = {RETRY_AFTER_HEADER: RETRY_AFTER_SECONDS} if error.status == 503 else None
+    return _json(error.status, error.to_body(), headers)
 
 
 @app.exception_handler(Exception)

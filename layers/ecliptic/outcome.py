@@ -1,6 +1,6 @@
 """The `Report success` and `Report failure` steps: job metrics and the job's webhook.
 
-Both run after the job record holds its final status, for every job. The metrics are
+Both run for every job, right after `Record success` or `Record failure`. The metrics are
 returned for the handler to publish, and the webhook goes out only when the job has a
 `callbackUrl`. Nothing here changes the job: a webhook that fails is logged and counted.
 """
@@ -37,11 +37,11 @@ class MetricPoint:
 
 @dataclass
 class OutcomeReport:
-    """What `report_outcome` did: the metrics to publish and the webhook's outcome.
+    """Result of `report_outcome`: the metrics to publish and the webhook's outcome.
 
     `webhook` is `not_requested`, `delivered`, `rejected` (the receiver or the URL check
-    refused it), `failed` (retries exhausted), `no_secret` or `skipped` (the job record
-    does not hold the reported outcome).
+    rejected it), `failed` (retries exhausted), `no_secret` or `skipped` (the job record
+    does not contain the reported outcome).
     """
 
     job_id: str
@@ -103,7 +103,7 @@ def _send_webhook(
     if job.status != report.outcome:
         # Record failure could not write the job: its record would contradict the event.
         logger.error(
-            "job record does not hold the outcome; webhook not sent",
+            "job record does not contain the outcome, so no webhook is sent",
             extra={"job_id": job.jobId, "status": job.status.value},
         )
         report.webhook = "skipped"

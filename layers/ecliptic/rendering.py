@@ -38,7 +38,9 @@ class _ProgressWriter:
 
 
 def render_job(job_id: str, plan_key: str, analysis_key: str) -> RenderResult:
-    """Render the plan to an MP4 and a poster, upload both, and describe the output.
+    """Render the plan to an MP4, a poster and a storyboard, upload them, describe the output.
+
+    The three objects share one key prefix that names the user and the job.
 
     Raises
     ------
@@ -72,6 +74,7 @@ def render_job(job_id: str, plan_key: str, analysis_key: str) -> RenderResult:
                 clips[clip.index] = (path, clip.info)
         out_path = folder / "montage.mp4"
         poster_path = folder / "poster.jpg"
+        storyboard_path = folder / "storyboard.jpg"
         started = time.monotonic()
         render_montage(
             plan,
@@ -79,6 +82,7 @@ def render_job(job_id: str, plan_key: str, analysis_key: str) -> RenderResult:
             clips=clips,
             out_path=out_path,
             poster_path=poster_path,
+            storyboard_path=storyboard_path,
             on_progress=_ProgressWriter(jobs, job_id),
             timeout=settings.render_timeout_seconds,
         )
@@ -86,10 +90,8 @@ def render_job(job_id: str, plan_key: str, analysis_key: str) -> RenderResult:
 
         key = output_object_key(job_id, job.username, "montage.mp4")
         size = store.upload_file(out_path, key, "video/mp4")
-        poster_key = None
-        if poster_path.exists():
-            poster_key = output_object_key(job_id, job.username, "poster.jpg")
-            store.upload_file(poster_path, poster_key, "image/jpeg")
+        poster_key = _upload_image(store, poster_path, job_id, job.username)
+        storyboard_key = _upload_image(store, storyboard_path, job_id, job.username)
 
     logger.info(
         "render finished",
@@ -103,6 +105,7 @@ def render_job(job_id: str, plan_key: str, analysis_key: str) -> RenderResult:
     return RenderResult(
         key=key,
         poster_key=poster_key,
+        storyboard_key=storyboard_key,
         duration=round(plan.duration, 3),
         width=plan.width,
         height=plan.height,
@@ -110,3 +113,10 @@ def render_job(job_id: str, plan_key: str, analysis_key: str) -> RenderResult:
     )
 
 
+def _upload_image(store: MediaStore, path: Path, job_id: str, username: str | None) -> str | None:
+    """Upload a JPEG next to the montage under its own file name; None when it is missing."""
+    if not path.exists():
+        return None
+    key = output_object_key(job_id, username, path.name)
+    store.upload_file(path, key, "image/jpeg")
+    return key

@@ -63,6 +63,7 @@ from ecliptic.models import (
 )
 from ecliptic.storage import asset_object_key
 from ecliptic.uploads import check_upload_received, is_pending_upload
+from ecliptic.webhooks import check_callback_url
 from ecliptic.x402.facilitator import Settlement, facilitator_from_settings
 from ecliptic.x402.response import payment_response_header
 from ecliptic.x402.verify import check_payment_window, verify_payment
@@ -251,6 +252,7 @@ def submit_montage(
     )
     form = parse_montage_form(body or b"", content_type) if is_multipart(content_type) else None
     request = form.request if form is not None else parse_request(body)
+    check_callback_url(request.callbackUrl, settings)
     job_id = new_job_id()
     audio_id, video_ids, new_assets = resolve_assets(request, jobs, job_id)
     draft = JobDraft(

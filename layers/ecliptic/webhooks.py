@@ -11,7 +11,7 @@ Each delivery is one JSON body with these headers:
 
 Every attempt is signed again with a fresh timestamp. A 2xx response ends the delivery.
 Status 408, 429 and 5xx, connection errors and timeouts are retried with exponential
-backoff; any other status (redirects included, which are never followed) ends it.
+backoff. Any other status ends it, redirects included, which are never followed.
 
 The URL passes the same checks as media URLs (`ecliptic.fetch.check_url`): https only,
 no user info, and every address the host resolves to must be public. The host is resolved
@@ -48,7 +48,7 @@ SIGNATURE_HEADER = "Ecliptic-Signature"
 TIMESTAMP_HEADER = "Ecliptic-Timestamp"
 EVENT_HEADER = "Ecliptic-Event"
 USER_AGENT = "ecliptic-webhook/1"
-# Receivers should reject signatures older than this; `verify_signature` does.
+# Receivers should reject signatures older than this, as `verify_signature` does.
 DEFAULT_TOLERANCE_SECONDS = 300
 _SIGNATURE_VERSION = "v1"
 _RETRY_STATUSES = frozenset({408, 429})
@@ -57,7 +57,10 @@ _SIGNATURE_PART = re.compile(r"^\s*(\w+)=([^,\s]*)\s*$")
 
 @dataclass(frozen=True)
 class DeliveryResult:
-    """Outcome of one delivery: `delivered`, `rejected` (final status) or `failed`."""
+    """Outcome of one delivery: `delivered`, `failed` (retries exhausted) or `rejected`.
+
+    `rejected` means a status that is not retried, or a URL that fails the checks.
+    """
 
     outcome: str
     attempts: int
@@ -170,12 +173,23 @@ def check_callback_url(url: str | None, settings: Settings) -> None:
     if url is None:
         return
     try:
-        check_url(url, webhook_limits(settings))
+        target = check_url(url, webhook_limits(settings))
     except MediaFetchFailed as error:
         raise InvalidRequest(
             f"Field `callbackUrl` failed the checks that media URLs pass: {error.message}",
             field="callbackUrl",
         ) from error
+    if not _sendable_path(target.path):
+        raise InvalidRequest(
+            "Field `callbackUrl` must have a percent-encoded ASCII path and query, without "
+            "spaces or control characters.",
+            field="callbackUrl",
+        )
+
+
+def _sendable_path(path: str) -> bool:
+    # http.client rejects other request targets (UnicodeEncodeError or InvalidURL).
+    return path.isascii() and all(" " < character < "\x7f" for character in path)
 
 
 # ----- delivery -------------------------------------------------------------------------
@@ -234,11 +248,14 @@ def deliver(
     except MediaFetchFailed as error:
         logger.error("webhook URL rejected", extra={"url": shown_url, "reason": error.message})
         return DeliveryResult(outcome="rejected", attempts=0)
+    if not _sendable_path(target.path):
+        logger.error("webhook URL rejected", extra={"url": shown_url, "reason": "invalid path"})
+        return DeliveryResult(outcome="rejected", attempts=0)
 
     status: int | None = None
-    made = 0
+    attempts_made = 0
     for attempt in range(1, attempts + 1):
-        made = attempt
+        attempts_made = attempt
         timestamp = int(time.time())
         headers = {
             "Content-Type": "application/json",
@@ -270,11 +287,9 @@ def deliver(
             break
         time.sleep(delay)
 
-    logger.error(
-        "webhook not delivered",
-        extra={"url": shown_url, "webhook_event": event, "attempts": made, "status": status},
-    )
-    return DeliveryResult(outcome="failed", attempts=made, status=status)
+    summary = {"url": shown_url, "webhook_event": event, "attempts": attempts_made}
+    logger.error("webhook not delivered", extra={**summary, "status": status})
+    return DeliveryResult(outcome="failed", attempts=attempts_made, status=status)
 
 
 def _post(target: _Target, body: bytes, headers: dict[str, str], limits: FetchLimits) -> int:
@@ -282,6 +297,13 @@ def _post(target: _Target, body: bytes, headers: dict[str, str], limits: FetchLi
 
     Socket timeouts bound each wait. A timer bounds the whole attempt, because a receiver
     that sends one byte just before every timeout would never trip them.
+
+    Raises
+    ------
+    TimeoutError
+        The attempt took longer than `limits.timeout_seconds`.
+    OSError, http.client.HTTPException
+        The connection or the HTTP exchange failed.
     """
     timeout = limits.timeout_seconds
     connection: http.client.HTTPConnection
@@ -290,18 +312,24 @@ def _post(target: _Target, body: bytes, headers: dict[str, str], limits: FetchLi
         connection = _PinnedHTTPSConnection(target, timeout, context)
     else:
         connection = _PinnedHTTPConnection(target, timeout)
-    timer = threading.Timer(timeout, _shutdown, args=(connection,))
+    expired = threading.Event()
+    timer = threading.Timer(timeout, _shutdown, args=(connection, expired))
     timer.daemon = True
     timer.start()
     try:
         connection.request("POST", target.path, body=body, headers=headers)
-        return connection.getresponse().status
+        status = connection.getresponse().status
     finally:
         timer.cancel()
         connection.close()
+    if expired.is_set():
+        # The shutdown may end a half-read response that http.client still parses.
+        raise TimeoutError(f"the webhook attempt took more than {timeout} s")
+    return status
 
 
-def _shutdown(connection: http.client.HTTPConnection) -> None:
+def _shutdown(connection: http.client.HTTPConnection, expired: threading.Event) -> None:
+    expired.set()
     # The plain socket method: `SSLSocket.shutdown` would also drop the TLS object under
     # the thread that is blocked reading from it.
     sock = connection.sock

@@ -57,6 +57,7 @@ STORYBOARD_MAX_THUMBS = 48
 # under about 1 MB.
 POSTER_QUALITY = 3
 STORYBOARD_QUALITY = 6
+_THUMB_QUALITY = 2  # the thumbnails are encoded again in the grid
 _STORYBOARD_PADDING = 4
 # Container families with a keyframe index (MP4/MOV sample tables, Matroska cues) that
 # input seeking can use. Other inputs are decoded from the start: ffmpeg 9.0 seeks MPEG-TS
@@ -116,10 +117,10 @@ def render_montage(
     timeout
         Seconds for the whole render, shared by all ffmpeg runs.
     workers
-        Segment encodes run at once; the default is the usable CPU count, at most
-        `MAX_WORKERS`. With more than one, each encode gets an equal share of the CPUs as
-        its thread count, because x264's frame threads cost about 10 % more CPU time than
-        a single thread while a second process keeps the other core busy anyway.
+        Segment encodes that run at once; the default is the usable CPU count, at most
+        `MAX_WORKERS`. With more than one, each encode but the last few gets an equal
+        share of the CPUs as its thread count: x264's frame threads took about 10 % more
+        CPU time than one thread, and the other encode keeps the other CPUs busy anyway.
 
     Raises
     ------
@@ -156,15 +157,14 @@ def render_montage(
         with tempfile.TemporaryDirectory(prefix="ecliptic-render-") as work_name:
             work = Path(work_name)
             jobs = _segment_jobs(plan, clips, work, threads)
-            poster = _add_poster(plan, jobs, partials[poster_path]) if poster_path else None
+            if poster_path is not None:
+                _add_poster(plan, jobs, partials[poster_path])
             thumbs = _add_thumbnails(plan, jobs, work) if storyboard_path else []
             audio = work / "audio.m4a"
             _run_encodes(plan, jobs, audio_path, song, audio, workers, deadline, progress)
 
             list_path = _write_concat_list(work, [job.part for job in jobs])
             _mux_final(plan, list_path, audio, partials[out_path], deadline)
-            if poster is not None and not poster.path.is_file():
-                raise RenderFailed("The poster frame was not written.")
             if storyboard_path is not None:
                 _tile_storyboard(plan, thumbs, partials[storyboard_path], deadline)
 
@@ -221,13 +221,11 @@ def _segment_jobs(
     return jobs
 
 
-def _add_poster(plan: MontagePlan, jobs: list[_SegmentJob], poster: Path) -> _Still:
+def _add_poster(plan: MontagePlan, jobs: list[_SegmentJob], poster: Path) -> None:
     """Take the poster from the montage's middle frame, in the segment that shows it."""
     middle = plan.total_frames // 2
     job = next(job for job in jobs if job.segment.start_frame <= middle < job.segment.end_frame)
-    still = _Still(middle - job.segment.start_frame, poster, None, POSTER_QUALITY)
-    job.stills.append(still)
-    return still
+    job.stills.append(_Still(middle - job.segment.start_frame, poster, None, POSTER_QUALITY))
 
 
 def storyboard_segments(count: int, limit: int = STORYBOARD_MAX_THUMBS) -> list[int]:
@@ -250,7 +248,7 @@ def _add_thumbnails(plan: MontagePlan, jobs: list[_SegmentJob], work: Path) -> l
     for order, index in enumerate(storyboard_segments(len(jobs))):
         job = jobs[index]
         thumb = work / f"thumb_{order:04d}.jpg"
-        job.stills.append(_Still(job.segment.frames // 2, thumb, width, 2))
+        job.stills.append(_Still(job.segment.frames // 2, thumb, width, _THUMB_QUALITY))
         thumbs.append(thumb)
     return thumbs
 
@@ -283,13 +281,21 @@ def _run_encodes(
         progress.report(total * _SEGMENTS_PROGRESS_SHARE)
 
     # Longest segments first, so the last encode to finish is a short one and the other
-    # workers do not wait long for it.
+    # workers do not wait long for it. The last encodes to start may use every CPU: once
+    # the queue is empty, a worker that finishes leaves its CPU to the encodes still
+    # running.
     order = sorted(range(len(jobs)), key=lambda index: -jobs[index].segment.frames)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="render") as pool:
-        # The song first: it is short and its file must exist before the mux. Keys order
-        # the errors: the song's, then the segments' in output order.
+    for index in order[-workers:]:
+        jobs[index].threads = 0
+    # The song has its own thread, because it is light and single-threaded; its file must
+    # exist before the mux. Keys order the errors: the song's, then the segments' in
+    # output order.
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="render-audio") as audio_pool,
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="render") as pool,
+    ):
         futures: dict[Future[None], int] = {
-            pool.submit(_encode_audio, plan, audio_path, song, audio_out, deadline): -1
+            audio_pool.submit(_encode_audio, plan, audio_path, song, audio_out, deadline): -1
         }
         for index in order:
 
