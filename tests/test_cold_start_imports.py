@@ -24,6 +24,7 @@ CALL_TIME_MODULES = {
     "api": ["ecliptic.x402.verify", "ecliptic.x402.facilitator", "ecliptic.x402.client"],
     "stage_asset": ["ecliptic.staging", "ecliptic.fetch"],
     "plan": ["ecliptic.frame", "ecliptic.planner", "ecliptic.plan_normalizer"],
+    "notify": ["ecliptic.outcome", "ecliptic.webhooks"],
 }
 
 PROBE = """

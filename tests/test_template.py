@@ -40,6 +40,7 @@ SECRET_ARN_VARIABLES = {
     "ECLIPTIC_R2_CREDENTIALS_SECRET_ARN",
     "ECLIPTIC_FACILITATOR_CREDENTIALS_SECRET_ARN",
     "ECLIPTIC_GEMINI_API_KEY_SECRET_ARN",
+    "ECLIPTIC_WEBHOOK_SECRET_ARN",
 }
 MEDIA_FUNCTIONS = ("AnalyzeFunction", "RenderFunction")
 ZIP_ONLY_PROPERTIES = ("Runtime", "Handler", "Layers")
@@ -52,6 +53,7 @@ STEP_EVENTS = {
     "AnalyzeFunction": ("analyze.json", "AnalyzeRequest"),
     "PlanFunction": ("plan.json", "PlanRequest"),
     "RenderFunction": ("render.json", "RenderRequest"),
+    "NotifyFunction": ("notify.json", "NotifyRequest"),
 }
 API_EVENTS = (
     "api-post-montage.json",
@@ -219,7 +221,7 @@ def test_task_timeouts_cover_functions(
 ) -> None:
     """A Lambda task waits at least as long as its function may run."""
     tasks = list(_lambda_tasks(definition))
-    assert len(tasks) == len(STEP_EVENTS)
+    assert {_function_of_task(state, substitutions) for _, state in tasks} == set(STEP_EVENTS)
     for name, state in tasks:
         logical_id = _function_of_task(state, substitutions)
         function_timeout = TEMPLATE["Resources"][logical_id]["Properties"]["Timeout"]
@@ -386,6 +388,7 @@ def _requirement_name(requirement: str) -> str:
         "functions/api/requirements.txt",
         "functions/stage_asset/requirements.txt",
         "functions/media/requirements.txt",
+        "functions/notify/requirements.txt",
     ],
 )
 def test_requirements_match_pyproject(path: str) -> None:

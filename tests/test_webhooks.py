@@ -187,6 +187,7 @@ def _settings(**overrides: Any) -> Settings:
         "webhook_timeout_seconds": 2.0,
         "webhook_attempts": 3,
         "webhook_backoff_seconds": 0.01,
+        "webhook_secret": "test-secret",
     }
     values.update(overrides)
     return Settings(**values)
@@ -486,6 +487,16 @@ def test_check_callback_url_accepts_public_and_none(fake_dns: FakeDns) -> None:
 
     check_callback_url("https://hooks.example.test/ecliptic", _settings())
     check_callback_url(None, _settings())
+
+
+def test_check_callback_url_needs_a_secret(fake_dns: FakeDns) -> None:
+    """Without a signing secret a callback could never be sent, so the API says so."""
+    fake_dns.answers["hooks.example.test"] = ["93.184.215.14"]
+
+    with pytest.raises(InvalidRequest, match="no webhook signing secret") as raised:
+        check_callback_url("https://hooks.example.test/ecliptic", _settings(webhook_secret=None))
+
+    assert raised.value.field == "callbackUrl"
 
 
 # ----- reporting the outcome ------------------------------------------------------------

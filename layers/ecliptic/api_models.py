@@ -77,7 +77,7 @@ class PaymentRequirement(BaseModel):
         examples=["0xFdeAE251395004654FBd741824D08Df95315Ed6c"],
     )
     maxTimeoutSeconds: int = Field(  # noqa: N815
-        description="longest validity window accepted for the signed authorization"
+        description="maximum validity window of the signed authorization, seconds"
     )
     asset: str = Field(
         description="ERC-20 contract of the token",
@@ -114,7 +114,7 @@ class PlanSegment(BaseModel):
 
 
 class PlanSummary(BaseModel):
-    """What the planner decided, in brief; the first segments are listed."""
+    """A short summary of the plan, with its first segments."""
 
     planner: Literal["gemini", "beat-grid"]
     note: str | None = Field(default=None, description="why the fallback planner was used")
@@ -136,7 +136,7 @@ class JobOutputView(BaseModel):
     videoUrl: str = Field(description="MP4 (H.264 and AAC)")  # noqa: N815
     posterUrl: str | None = Field(default=None, description="JPEG still")  # noqa: N815
     storyboardUrl: str | None = Field(  # noqa: N815
-        default=None, description="storyboard image, when the render made one"
+        default=None, description="JPEG grid of the middle frame of each segment"
     )
     duration: float = Field(description="seconds")
     width: int = Field(description="pixels")
@@ -166,6 +166,7 @@ class JobView(BaseModel):
                     "output": {
                         "videoUrl": f"{OUTPUT_URL_EXAMPLE}/montage.mp4",
                         "posterUrl": f"{OUTPUT_URL_EXAMPLE}/poster.jpg",
+                        "storyboardUrl": f"{OUTPUT_URL_EXAMPLE}/storyboard.jpg",
                         "duration": 30.0,
                         "width": 1080,
                         "height": 1920,
@@ -214,7 +215,7 @@ class JobList(BaseModel):
 
 
 class ProbeView(BaseModel):
-    """What probing the file found. Fields the probe did not find are left out."""
+    """Facts found by probing the file. Facts the probe did not find are left out."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -555,6 +555,11 @@ def _decode_cursor(cursor: str, partition_name: str, partition: str) -> dict[str
         key = json.loads(base64.urlsafe_b64decode(padded.encode()))
         if not isinstance(key, dict) or set(key) != {"pk", "sk", partition_name, "createdAt"}:
             raise ValueError("unexpected cursor keys")
+        for value in key.values():
+            if not (isinstance(value, dict) and set(value) == {"S"}):
+                raise ValueError("cursor values must be strings")
+            if not isinstance(value["S"], str):
+                raise ValueError("cursor values must be strings")
         if key[partition_name] != {"S": partition}:
             raise ValueError("cursor of another listing")
         return key

@@ -435,7 +435,7 @@ def _add_request_details(document: dict[str, Any]) -> None:
     montage["requestBody"] = {
         "required": True,
         "description": "JSON, or multipart/form-data with files (the whole body at most "
-        "4,500,000 bytes). The same fields and checks apply to both.",
+        "4,500,000 bytes by default). The same fields and checks apply to both.",
         "content": {
             "application/json": {
                 "schema": _add_model(schemas, MontageRequest),
@@ -532,7 +532,7 @@ def swagger_ui_html(spec_url: str = OPENAPI_PATH) -> str:
 </head>
 <body>
   <div id="swagger-ui"></div>
-  <script src="{SWAGGER_UI_CDN}/swagger-ui-bundle.js" crossorigin="anonymous"></script>
+  <script src="{SWAGGER_UI_CDN}/swagger-ui-bundle.js"></script>
   <script>
     window.ui = SwaggerUIBundle({{url: {json.dumps(spec_url)}, dom_id: "#swagger-ui"}});
   </script>

@@ -207,8 +207,6 @@ def start_execution(settings: Settings, job: Job) -> None:
     execution_input = {
         "jobId": job.jobId,
         "assets": [{"assetId": asset_id} for asset_id in asset_ids],
-        # The state machine reports the outcome to the callback URL only when one is set.
-        "notify": job.callbackUrl is not None,
     }
     try:
         stepfunctions_client().start_execution(

@@ -167,11 +167,18 @@ def check_callback_url(url: str | None, settings: Settings) -> None:
     Raises
     ------
     InvalidRequest
-        The URL is malformed, not https, carries user info, or its host is invalid, does
-        not resolve or resolves to a private, loopback, link-local or reserved address.
+        No webhook secret is configured, or the URL is malformed, not https, carries user
+        info, or its host is invalid, does not resolve or resolves to a private, loopback,
+        link-local or reserved address.
     """
     if url is None:
         return
+    if not (settings.webhook_secret or settings.webhook_secret_arn):
+        raise InvalidRequest(
+            "This deployment has no webhook signing secret, so it cannot send callbacks; "
+            "remove `callbackUrl` and poll GET /jobs/{jobId} instead.",
+            field="callbackUrl",
+        )
     try:
         target = check_url(url, webhook_limits(settings))
     except MediaFetchFailed as error:

@@ -51,6 +51,12 @@ def api_gateway_event(
         query[name] = f"{query[name]},{value}" if name in query else value
     content_type = lowered.get("content-type", "")
     is_text = not body or content_type.startswith(_TEXT_TYPES)
+    if is_text and body:
+        try:
+            body.decode()
+        except UnicodeDecodeError:
+            # Not UTF-8 after all: API Gateway passes such a body base64-encoded.
+            is_text = False
     now = datetime.now(UTC)
     event: dict[str, Any] = {
         "version": "2.0",
