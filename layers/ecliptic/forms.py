@@ -29,6 +29,7 @@ from urllib.parse import unquote
 
 from pydantic import ValidationError
 
+from ecliptic.bodies import invalid_request_from
 from ecliptic.config import Settings, get_settings
 from ecliptic.errors import InvalidRequest, MediaRejected, PayloadTooLarge
 from ecliptic.models import (
@@ -349,7 +350,7 @@ def parse_montage_form(
     try:
         request = MontageRequest.model_validate(data)
     except ValidationError as error:
-        raise _invalid_request(error) from error
+        raise invalid_request_from(error) from error
     for form_file in files:
         ref = MediaRef.model_construct(
             filename=form_file.filename, contentType=form_file.content_type
@@ -414,21 +415,6 @@ def _form_file(part: FormPart, name: str, index: int | None, settings: Settings)
         data=part.data,
         sha256=hashlib.sha256(part.data).hexdigest(),
     )
-
-
-def _invalid_request(error: ValidationError) -> InvalidRequest:
-    first = error.errors()[0]
-    path = ""
-    for part in first["loc"]:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif path:
-            path += f".{part}"
-        else:
-            path = str(part)
-    path = path or "body"
-    message = first["msg"].removeprefix("Value error, ")
-    return InvalidRequest(f"Field `{path}`: {message}.", field=path)
 
 
 # ----- after payment --------------------------------------------------------------------

@@ -35,7 +35,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ecliptic.errors import PlanFailed
 from ecliptic.models import Analysis, ClipFacts, MontagePlan
 from ecliptic.planner import (
     BEAT_GROUPS,
@@ -45,7 +44,7 @@ from ecliptic.planner import (
     beat_at_or_after,
     beat_frame,
     fit_source_start,
-    plan_end_time,
+    plan_length,
     segments_from_beat_spans,
     target_segment_seconds,
 )
@@ -138,13 +137,9 @@ def build_timeline(
     """
     grid = analysis.beat_grid
     beats = grid.beats
-    audio_start = grid.first_beat
-    end_time = plan_end_time(analysis, max_duration, duration_seconds)
-    total_frames = beat_frame(end_time, audio_start, fps)
-    if total_frames < 1:
-        raise PlanFailed(
-            "The song has no music after its first beat to cut a montage to; send a longer song."
-        )
+    audio_start, end_time, total_frames = plan_length(
+        analysis, fps, max_duration, duration_seconds
+    )
 
     first = beat_at_or_after(beats, audio_start, 0)
     times = [audio_start]

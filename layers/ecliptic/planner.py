@@ -56,6 +56,26 @@ def beat_frame(time: float, audio_start: float, fps: int) -> int:
     return round((time - audio_start) * fps)
 
 
+def plan_length(
+    analysis: Analysis, fps: int, max_duration: float, duration_seconds: float | None
+) -> tuple[float, float, int]:
+    """Return the song time at output 0, the song time where the plan ends, and its frames.
+
+    Raises
+    ------
+    PlanFailed
+        The song leaves less than one frame to show.
+    """
+    audio_start = analysis.beat_grid.first_beat
+    end_time = plan_end_time(analysis, max_duration, duration_seconds)
+    total_frames = beat_frame(end_time, audio_start, fps)
+    if total_frames < 1:
+        raise PlanFailed(
+            "The song has no music after its first beat to cut a montage to; send a longer song."
+        )
+    return audio_start, end_time, total_frames
+
+
 def plan_beat_grid(
     analysis: Analysis,
     *,
@@ -82,13 +102,9 @@ def plan_beat_grid(
     """
     grid = analysis.beat_grid
     beats = grid.beats
-    audio_start = grid.first_beat
-    end_time = plan_end_time(analysis, max_duration, duration_seconds)
-    total_frames = beat_frame(end_time, audio_start, fps)
-    if total_frames < 1:
-        raise PlanFailed(
-            "The song has no music after its first beat to cut a montage to; send a longer song."
-        )
+    audio_start, end_time, total_frames = plan_length(
+        analysis, fps, max_duration, duration_seconds
+    )
 
     cuts = _choose_cuts(analysis, audio_start, end_time, fps)
     bounds = [beat_frame(beats[index], audio_start, fps) for index in cuts[1:]]

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
-from pydantic import ValidationError
 
 from ecliptic.aws import stepfunctions_client
+from ecliptic.bodies import parse_json_body
 from ecliptic.config import Settings, get_settings
 from ecliptic.errors import (
     AssetNotUsable,
@@ -92,35 +92,7 @@ class Submission:
 
 def parse_request(body: str | bytes | None) -> MontageRequest:
     """Parse and validate the JSON body, naming the first field at fault."""
-    if not body:
-        raise InvalidRequest("The request body is empty; send a JSON montage request.")
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise InvalidRequest(f"The request body is not valid JSON: {error}.") from error
-    if not isinstance(data, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    try:
-        return MontageRequest.model_validate(data)
-    except ValidationError as error:
-        raise invalid_request_from(error) from error
-
-
-def invalid_request_from(error: ValidationError) -> InvalidRequest:
-    first = error.errors()[0]
-    location = _field_path(first["loc"])
-    message = first["msg"].removeprefix("Value error, ")
-    return InvalidRequest(f"Field `{location}`: {message}.", field=location)
-
-
-def _field_path(location: tuple[Any, ...]) -> str:
-    path = ""
-    for part in location:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += f".{part}" if path else str(part)
-    return path or "body"
+    return parse_json_body(body, MontageRequest, "send a JSON montage request.")
 
 
 def body_hash(request: MontageRequest) -> str:

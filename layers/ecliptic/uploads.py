@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import mimetypes
 import secrets
@@ -25,8 +24,9 @@ from datetime import UTC, datetime
 from typing import IO, Any, Literal
 from urllib.parse import parse_qs, quote, urlencode
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ecliptic.bodies import parse_json_body
 from ecliptic.config import get_settings
 from ecliptic.errors import AssetNotUsable, InvalidRequest, MediaRejected, NotFound
 from ecliptic.ids import ASSET_ID_PATTERN, new_asset_id
@@ -92,23 +92,9 @@ def parse_upload_request(body: str | bytes | None) -> UploadRequest:
     InvalidRequest
         The body is not JSON or a field is missing or out of range; `field` names it.
     """
-    if not body:
-        raise InvalidRequest(
-            'The request body is empty; send {"kind", "filename", "contentType", "size"}.'
-        )
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise InvalidRequest(f"The request body is not valid JSON: {error}.") from error
-    if not isinstance(data, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    try:
-        return UploadRequest.model_validate(data)
-    except ValidationError as error:
-        first = error.errors()[0]
-        location = ".".join(str(part) for part in first["loc"]) or "body"
-        message = first["msg"].removeprefix("Value error, ")
-        raise InvalidRequest(f"Field `{location}`: {message}.", field=location) from error
+    return parse_json_body(
+        body, UploadRequest, 'send {"kind", "filename", "contentType", "size"}.'
+    )
 
 
 def create_upload(
