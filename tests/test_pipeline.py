@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,8 @@ def test_montage_job_succeeds(stack, media_server, small_media):
 
     assert job["status"] == "succeeded", job.get("error")
     assert job["progress"] == 100
+    for stamp in (job["createdAt"], job["updatedAt"]):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp), stamp
     assert job["planner"] == "beat-grid"
     assert job["payment"]["amount"] == "20000"
     output = job["output"]

@@ -103,7 +103,24 @@ def _job_from_item(item: dict[str, Any]) -> Job:
     if error and "code" in error:
         # The state machine records the Step Functions error name; clients get its code.
         error["code"] = code_for_error_name(error["code"])
+    # The state machine writes `updatedAt` from the execution context, whose format is not
+    # ours (moto adds microseconds and +00:00); clients get one format for every timestamp.
+    for name in ("createdAt", "updatedAt"):
+        if isinstance(data.get(name), str):
+            data[name] = normalize_timestamp(data[name])
     return Job.model_validate({k: v for k, v in data.items() if k in Job.model_fields})
+
+
+def normalize_timestamp(value: str) -> str:
+    """Rewrite an ISO 8601 time as UTC with milliseconds and `Z`; leave other text as is."""
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    utc = parsed.astimezone(UTC)
+    return utc.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class ClaimChanged(Exception):

@@ -128,8 +128,8 @@ def submit_paid(api_url: str, body: dict[str, Any]) -> dict[str, Any]:
     url = f"{api_url}/montages"
     challenge = requests.post(url, json=body, timeout=30)
     if challenge.status_code != HTTPStatus.PAYMENT_REQUIRED:
-        raise CliError(f"expected a 402 payment challenge, got {challenge.status_code}: "
-                       f"{challenge.text[:500]}")
+        raise CliError(f"the montage request was rejected ({challenge.status_code}): "
+                       f"{_error_message(challenge)}")
     requirements = decode_json_header(challenge.headers["PAYMENT-REQUIRED"])
 
     payer = LocalPayer()
@@ -137,26 +137,41 @@ def submit_paid(api_url: str, body: dict[str, Any]) -> dict[str, Any]:
     response = requests.post(url, json=body, headers={name: value}, timeout=60)
     if response.status_code != HTTPStatus.ACCEPTED:
         raise CliError(f"the montage request was rejected ({response.status_code}): "
-                       f"{response.text[:1000]}")
+                       f"{_error_message(response)}")
     logger.info("paid with throwaway key %s", payer.address)
     return response.json()
 
 
+def _error_message(response: Any) -> str:
+    """Return the `message` of an API error body, or the start of the raw body."""
+    try:
+        error = response.json()
+    except ValueError:
+        return response.text[:1000]
+    if isinstance(error.get("error"), dict):
+        return str(error["error"].get("message", error))
+    return str(error.get("error") or error)[:1000]
+
+
 def wait_for_job(api_url: str, job_id: str, *, show_progress: bool) -> dict[str, Any]:
-    """Poll `GET /jobs/{jobId}` until the job ends, drawing a progress line on stderr."""
+    """Poll `GET /jobs/{jobId}` until the job ends, showing its progress on stderr.
+
+    On a terminal one line is redrawn; otherwise each change gets its own line.
+    """
     import requests
 
-    last_line = ""
+    redraw = sys.stderr.isatty()
+    last_state = ""
     while True:
         job = requests.get(f"{api_url}/jobs/{job_id}", timeout=30).json()
         status = job.get("status", "?")
-        line = f"\r{job_id}  {status:<10} {job.get('progress', 0):>3}%"
-        if show_progress and line != last_line:
-            sys.stderr.write(line)
+        state = f"{job_id}  {status:<10} {job.get('progress', 0):>3}%"
+        if show_progress and state != last_state:
+            sys.stderr.write(f"\r{state}" if redraw else f"{state}\n")
             sys.stderr.flush()
-            last_line = line
+            last_state = state
         if status in FINAL_STATUSES:
-            if show_progress:
+            if show_progress and redraw:
                 sys.stderr.write("\n")
             return job
         time.sleep(POLL_SECONDS)
@@ -175,6 +190,24 @@ def download(url: str, out: Path) -> None:
     partial.replace(out)
 
 
+def _check_media(audio: Path, videos: Sequence[Path]) -> None:
+    """Probe the files before paying, so a file that cannot be used costs nothing."""
+    from ecliptic.errors import MediaRejected
+    from ecliptic.media.probe import probe_media
+
+    for path, wanted in [(audio, "audio"), *[(video, "video") for video in videos]]:
+        try:
+            info = probe_media(path)
+        except MediaRejected as error:
+            raise CliError(
+                f"{path} is not {wanted} that ffmpeg can decode: {error.message}"
+            ) from error
+        if wanted == "audio" and not info.has_audio:
+            raise CliError(f"{path} has no audio stream; --audio needs a song file")
+        if wanted == "video" and not info.has_video:
+            raise CliError(f"{path} has no video stream; --video needs a video clip")
+
+
 def run_montage(
     audio: Path,
     videos: Sequence[Path],
@@ -191,6 +224,7 @@ def run_montage(
     for path in (audio, *videos):
         if not path.is_file():
             raise CliError(f"{path} does not exist or is not a file")
+    _check_media(audio, videos)
 
     with LocalStack(output_max_side=max_side) as stack, MediaFileServer() as files:
         body: dict[str, Any] = {
@@ -288,7 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the API on 127.0.0.1")
     serve.add_argument("--port", type=int, default=8080, help="TCP port (default 8080)")
     serve.add_argument(
-        "--max-side", type=int, default=None, help="cap the output frame's longer side, pixels"
+        "--max-side",
+        type=int,
+        default=None,
+        help="cap the output frame's longer side, pixels (default 1920, full size)",
     )
     serve.set_defaults(func=command_serve)
 
@@ -307,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "portrait", "landscape", "square"],
         help="output frame (default auto: the clips' majority orientation)",
     )
-    montage.add_argument("--duration", type=float, help="cut the montage to this many seconds")
+    montage.add_argument(
+        "--duration", type=float, help="cut the montage to this many seconds (3 to 600)"
+    )
     montage.add_argument(
         "--max-side",
         type=int,
@@ -340,6 +379,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # moto's state machine engine logs every caught task error with its internals; the
+        # job's own error, shown at the end, says what went wrong.
+        logging.getLogger("moto").setLevel(logging.CRITICAL)
     # The handlers log JSON through Powertools on stdout; keep stdout for the result.
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO" if args.verbose else "ERROR")
     try:
