@@ -4,10 +4,10 @@ Run from the repository root:
 
     .venv/bin/python bench/bench_render.py [--work DIR] [--moviepy-python PATH]
 
-The untimed preparation writes four 10 s 1920x1080 30 fps clips (testsrc2, mandelbrot,
-gradients, life; H.264 with a keyframe every second, as phones record), a 32 s beat track
-at 96 BPM and a 12-segment plan that cuts every 4 beats (2.5 s) into a 30 s 1080x1920
-montage. Each timed part then runs in a fresh Python process:
+The untimed preparation writes four 10 s 1920x1080 30 fps clips: testsrc2, mandelbrot,
+gradients and life, in H.264 with a keyframe every second, as phones record. It also writes
+a 32 s beat track at 96 BPM and a 12-segment plan that cuts every 4 beats (2.5 s) into a
+30 s 1080x1920 montage. Each timed part then runs in a fresh Python process:
 
 - `bare`: one ffmpeg run that encodes 30 s of 1080x1920 testsrc2 and the song with the
   renderer's x264 and AAC settings and `+faststart`;
@@ -60,7 +60,7 @@ SONG_SECONDS = 32.0
 DURATION = SEGMENTS * BEATS_PER_SEGMENT * 60.0 / BPM  # 30 s
 CLIP_SOURCES = (
     ("testsrc2", f"testsrc2=size=1920x1080:rate={FPS}:duration={CLIP_SECONDS}"),
-    # mandelbrot is slow to generate at full size; a half-size render scaled up looks alike
+    # mandelbrot is slow to generate at full size, so a half-size render is scaled up.
     ("mandelbrot", f"mandelbrot=size=960x540:rate={FPS},scale=1920:1080,"
                    f"trim=duration={CLIP_SECONDS}"),
     ("gradients", f"gradients=size=1920x1080:rate={FPS}:duration={CLIP_SECONDS}:speed=0.02"),
@@ -116,7 +116,7 @@ def prepare(work: Path) -> Path:
 
 
 def _build_plan(clips: list[Path], song: Path) -> MontagePlan:
-    """Cut every 4 beats of a 96 BPM grid; clips take turns and continue where they left."""
+    """Cut every 4 beats of a 96 BPM grid. Clips take turns, each continuing where it stopped."""
     from ecliptic.media.probe import probe_media
     from ecliptic.models import Analysis, BeatGrid, ClipFacts, MontagePlan
     from ecliptic.planner import BeatSpan, segments_from_beat_spans
@@ -176,8 +176,8 @@ def _run(argv: list[str]) -> None:
 def run_part(part: str, spec_path: Path, out: Path) -> None:
     """Run one part and print one JSON line with its timed wall and CPU seconds.
 
-    Imports, probing the clips and decoding the raw frames happen before the clock starts:
-    in the service the probe facts come from the analyze step.
+    Imports, probing the clips and decoding the raw frames happen before the clock starts.
+    In the service the probe facts come from the analyze step.
     """
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
     if part == "bare":
@@ -515,7 +515,7 @@ def main() -> None:
             parts.remove("moviepy")
             _print(
                 f"moviepy: skipped, `import moviepy` fails in {args.moviepy_python} "
-                "(make bench installs moviepy>=2,<3 into .venv)"
+                "(make bench installs moviepy>=2,<3 into .venv-bench)"
             )
         if "reencode" in parts and "render" not in parts:
             parts.remove("reencode")  # it encodes the frames that the render part wrote
@@ -549,8 +549,10 @@ def _report(runs: dict[str, list[dict[str, float]]]) -> None:
         for part, part_runs in runs.items()
     }
     rounds = max(len(part_runs) for part_runs in runs.values())
+
     _print()
-    _print(f"{'part':<9} {'wall s':>8} {'cpu s':>8} {'peak MB':>8}  (best of {rounds} rounds)")
+    _print(f"{'part':<9} {'wall s':>8} {'cpu s':>8} {'peak MB':>8}")
+    _print(f"(wall and cpu: fastest of {rounds} rounds; peak: highest)")
     for part, result in results.items():
         _print(
             f"{part:<9} {result['seconds']:8.2f} {result['cpu']:8.2f} {result['peak_tree_mb']:8.0f}"
@@ -558,6 +560,7 @@ def _report(runs: dict[str, list[dict[str, float]]]) -> None:
     render = results.get("render")
     if render is None:
         return
+
     _print()
     for base, label in (
         ("bare", "bare testsrc2 encode"),

@@ -6,10 +6,12 @@ parts and the audio by stream copy (concat demuxer on our own list) and moves th
 the front. The segment runs also write the poster and the storyboard thumbnails, so no run
 decodes the finished montage again.
 
-Why per segment: one filter graph for the whole montage took about 1.4x the time of a bare
-encode but peaked at 1.2-2.3 GB for 12 segments of 1080p, while a per-segment ffmpeg peaks
-near 300 MB. `bench/bench_render.py` measures both the time and the memory of this
-pipeline. `docs/benchmarks.md` records its results.
+Why per segment: one ffmpeg run with one filter graph for the whole montage opens every
+clip at once, so its memory grows with the segment count and the source frame size. It
+took about 35 MB per 1080p input, 760 MB for 12 segments, and plans may have hundreds of
+segments. The per-segment render stays near 620 MB with two workers whatever the plan, at
+about 1.1x the CPU time of the one graph (ffmpeg 9.0.2, 2 CPUs). `bench/bench_render.py`
+measures both designs, and `docs/benchmarks.md` records the results.
 """
 
 from __future__ import annotations
@@ -45,18 +47,21 @@ PRESET = "veryfast"
 AUDIO_BITRATE = "192k"
 AUDIO_SAMPLE_RATE = 48000
 FADE_OUT_SECONDS = 1.0
-# Segment encodes that run at once. Each ffmpeg process peaks near 300 MB at 1080x1920, so
-# two stay under the 800 MB budget with the Python process included.
+# Segment encodes that run at once. At 1080x1920 from 1080p clips one encode peaked at
+# 240 MB with one thread and 320 MB with x264's own thread count, and the whole render with
+# two workers at 620 MB, Python included.
 MAX_WORKERS = 2
 # Storyboard: thumbnails of this width (at most the output width), up to this many per row
 # and in total. Segments beyond the cap are skipped evenly.
 STORYBOARD_THUMB_WIDTH = 240
 STORYBOARD_COLUMNS = 6
 STORYBOARD_MAX_THUMBS = 48
-# mjpeg -q:v scale, 2 (best) to 31. The storyboard quality keeps 48 portrait thumbnails
-# under about 1 MB.
+# mjpeg -q:v scale, 2 (best) to 31. At 6, 48 portrait thumbnails of the benchmark clips
+# took 460 KB. A storyboard above STORYBOARD_MAX_BYTES is encoded again at the next
+# quality in the list.
 POSTER_QUALITY = 3
-STORYBOARD_QUALITY = 6
+STORYBOARD_QUALITIES = (6, 10, 16)
+STORYBOARD_MAX_BYTES = 1_000_000
 _THUMB_QUALITY = 2  # the thumbnails are encoded again in the grid
 _STORYBOARD_PADDING = 4
 # Container families with a keyframe index (MP4/MOV sample tables, Matroska cues) that
@@ -118,9 +123,9 @@ def render_montage(
         Seconds for the whole render, shared by all ffmpeg runs.
     workers
         Segment encodes that run at once; the default is the usable CPU count, at most
-        `MAX_WORKERS`. With more than one, each encode but the last few gets an equal
-        share of the CPUs as its thread count: x264's frame threads took about 10 % more
-        CPU time than one thread, and the other encode keeps the other CPUs busy anyway.
+        `MAX_WORKERS`. With more than one, each encode but the last few runs with an equal
+        share of the CPUs as its thread count. x264's frame threads took about 10 % more
+        CPU time than one thread, and the other encodes keep the other CPUs busy anyway.
 
     Raises
     ------
@@ -619,13 +624,23 @@ def _tile_storyboard(plan: MontagePlan, thumbs: list[Path], out: Path, deadline:
     args += ["-f", "image2", "-start_number", "0", "-i", f"file:{pattern}"]
     # filters: a missing cell at the end of the last row stays background
     tile = f"tile={columns}x{rows}:padding={_STORYBOARD_PADDING}:margin={_STORYBOARD_PADDING}"
-    args += ["-vf", f"{tile}:color=0x101010"]
-    args += ["-frames:v", "1", "-c:v", "mjpeg", "-q:v", str(STORYBOARD_QUALITY)]
-    args += ["-update", "1", "-f", "image2", str(out)]
-    run_ffmpeg(args, timeout=_remaining(deadline))
+    args += ["-vf", f"{tile}:color=0x101010", "-frames:v", "1", "-c:v", "mjpeg"]
+    for quality in STORYBOARD_QUALITIES:
+        run_ffmpeg(
+            [*args, "-q:v", str(quality), "-update", "1", "-f", "image2", str(out)],
+            timeout=_remaining(deadline),
+        )
+        size = out.stat().st_size
+        if size <= STORYBOARD_MAX_BYTES:
+            break
+    else:
+        logger.warning(
+            "storyboard: job %s, %d bytes at the lowest quality, above %d",
+            plan.job_id, size, STORYBOARD_MAX_BYTES,
+        )  # fmt: skip
     logger.debug(
-        "storyboard: job %s, %d thumbnails in %dx%d, %d bytes",
-        plan.job_id, len(thumbs), columns, rows, out.stat().st_size,
+        "storyboard: job %s, %d thumbnails in %dx%d at quality %d, %d bytes",
+        plan.job_id, len(thumbs), columns, rows, quality, size,
     )  # fmt: skip
 
 
