@@ -10,7 +10,7 @@ Why per segment: one ffmpeg run with one filter graph for the whole montage open
 clip at once, so its memory grows with the segment count and the source frame size. It
 took about 35 MB per 1080p input, 760 MB for 12 segments, and plans may have hundreds of
 segments. The per-segment render stays near 620 MB with two workers whatever the plan, at
-about 1.1x the CPU time of the one graph (ffmpeg 9.0.2, 2 CPUs). `bench/bench_render.py`
+1.03 to 1.12x the CPU time of the one graph (ffmpeg 9.0.2, 2 CPUs). `bench/bench_render.py`
 measures both designs, and `docs/benchmarks.md` records the results.
 """
 
