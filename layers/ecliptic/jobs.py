@@ -103,8 +103,8 @@ def _job_from_item(item: dict[str, Any]) -> Job:
     if error and "code" in error:
         # The state machine records the Step Functions error name; clients get its code.
         error["code"] = code_for_error_name(error["code"])
-    # The state machine writes `updatedAt` from the execution context, whose format is not
-    # ours (moto adds microseconds and +00:00); clients get one format for every timestamp.
+    # The state machine writes `updatedAt` from the execution context in its own format.
+    # moto adds microseconds and +00:00, so both timestamps are rewritten to ours.
     for name in ("createdAt", "updatedAt"):
         if isinstance(data.get(name), str):
             data[name] = normalize_timestamp(data[name])
