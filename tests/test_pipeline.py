@@ -50,7 +50,8 @@ def test_montage_job_succeeds(stack, media_server, small_media):
     assert video.status_code == 200
     assert f"/outputs/zoe-test/{job['jobId']}/" in output["videoUrl"]
     assert requests.get(output["posterUrl"], timeout=30).status_code == 200
-    execution = stack.runtime.describe_execution(job["jobId"])
+    # The job is marked before the execution ends: the outcome report runs after it.
+    execution = stack.runtime.wait_for_execution(job["jobId"])
     assert execution["status"] == "SUCCEEDED"
     assert _state_names(stack.runtime.execution_history(job["jobId"])) == [
         "Record staging", "Stage assets", "Stage asset", "Stage asset", "Stage asset",
@@ -106,7 +107,7 @@ def test_failing_step_marks_job_failed(stack, media_server, small_media, audio_k
     assert job["error"]["code"] == code
     assert words in job["error"]["message"]
     assert "Traceback" not in job["error"]["message"]
-    assert stack.runtime.describe_execution(job["jobId"])["status"] == "FAILED"
+    assert stack.runtime.wait_for_execution(job["jobId"])["status"] == "FAILED"
 
 
 @pytest.mark.corpus

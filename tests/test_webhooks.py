@@ -621,7 +621,7 @@ def test_failed_job_webhook(webhook_stack, media_server, small_media):
     payload = json.loads(received[0].body)
     assert payload["event"] == "job.failed"
     assert payload["job"]["error"]["code"] == "media_fetch_failed"
-    assert webhook_stack.runtime.describe_execution(job["jobId"])["status"] == "FAILED"
+    assert webhook_stack.runtime.wait_for_execution(job["jobId"])["status"] == "FAILED"
 
 
 @pytest.mark.slow
