@@ -194,7 +194,7 @@ def test_list_jobs_shape(stack):
 
 
 def test_unexpected_error_keeps_error_shape(stack, monkeypatch):
-    """A failure nobody raised on purpose still answers 500 in the one error shape."""
+    """An unexpected exception still returns 500 in the common error shape."""
     from ecliptic.jobs import JobStore
 
     def broken(self, job_id):

@@ -44,7 +44,8 @@ def test_montage_job_succeeds(stack, media_server, small_media):
     assert job["planner"] == "beat-grid"
     assert job["payment"]["amount"] == "20000"
     output = job["output"]
-    assert output["width"] % 2 == 0 and output["height"] % 2 == 0
+    assert output["width"] % 2 == 0
+    assert output["height"] % 2 == 0
     assert max(output["width"], output["height"]) <= 320
     video = requests.get(output["videoUrl"], timeout=30)
     assert video.status_code == 200

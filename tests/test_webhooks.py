@@ -490,7 +490,7 @@ def test_check_callback_url_accepts_public_and_none(fake_dns: FakeDns) -> None:
 
 
 def test_check_callback_url_needs_a_secret(fake_dns: FakeDns) -> None:
-    """Without a signing secret a callback could never be sent, so the API says so."""
+    """Without a signing secret no callback could be sent, so the API rejects the URL."""
     fake_dns.answers["hooks.example.test"] = ["93.184.215.14"]
 
     with pytest.raises(InvalidRequest, match="no webhook signing secret") as raised:

@@ -49,7 +49,7 @@ def media_client() -> S3Client:
 def r2_credentials() -> tuple[str | None, str | None]:
     """Return the R2 access key pair: from the environment, else from Secrets Manager.
 
-    The secret holds `{"accessKeyId": ..., "secretAccessKey": ...}`. Neither value is logged.
+    The secret contains `{"accessKeyId": ..., "secretAccessKey": ...}`. Neither value is logged.
     """
     settings = get_settings()
     if settings.r2_access_key_id and settings.r2_secret_access_key:

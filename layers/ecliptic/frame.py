@@ -1,4 +1,4 @@
-"""Output frame size: the frame each format asks for, scaled to fit a maximum side.
+"""Output frame size: the frame each format requests, scaled to fit a maximum side.
 
 Pure functions without media dependencies, so the plan step can import them without PyAV.
 """

@@ -234,7 +234,7 @@ class BeatGrid(BaseModel):
 
 
 class ClipFacts(BaseModel):
-    """A clip as the planner sees it: its position in the request and its probed facts."""
+    """A clip as the planner uses it: its position in the request and its probed facts."""
 
     index: int = Field(ge=0)
     asset_id: str

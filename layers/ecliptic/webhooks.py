@@ -244,8 +244,9 @@ def deliver(
 
     Waits `backoff_seconds`, then twice as long before each later retry. No retry starts
     when it could not finish before `deadline` (a `time.monotonic()` value), so the
-    caller can stay inside its own time limit. Failures are logged, never raised: the
-    job's outcome does not depend on its webhook.
+    caller can stay inside its own time limit. Delivery failures (a rejected URL, connection
+    errors, timeouts, HTTP errors) are logged and returned rather than raised, so the job's
+    outcome does not depend on its webhook.
     """
     body = encode_payload(payload)
     event = str(payload.get("event", ""))

@@ -380,8 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
-        # moto's state machine engine logs every caught task error with its internals; the
-        # job's own error, shown at the end, says what went wrong.
+        # moto's state machine engine logs every caught task error with its internals. The
+        # job's own error, printed at the end, explains what went wrong.
         logging.getLogger("moto").setLevel(logging.CRITICAL)
     # The handlers log JSON through Powertools on stdout; keep stdout for the result.
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "INFO" if args.verbose else "ERROR")

@@ -39,7 +39,7 @@ TERMINAL_STATUSES = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
 
 
 def project_root() -> Path:
-    """Return the repository root (the folder that holds template.yaml)."""
+    """Return the repository root (the folder that contains template.yaml)."""
     here = Path(__file__).resolve()
     for parent in here.parents:
         if (parent / "template.yaml").is_file():
@@ -448,7 +448,7 @@ class LocalRuntime:
             with self._api_lock:
                 return self.handlers["ApiFunction"](event, context)
         except Exception:
-            # API Gateway answers 500 with this body when the integration fails.
+            # API Gateway returns 500 with this body when the integration fails.
             logger.exception("API handler raised")
             return {
                 "statusCode": 500,

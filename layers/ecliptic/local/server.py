@@ -1,7 +1,7 @@
 """A local HTTP server that speaks the real API through the real API handler.
 
 Each request becomes an API Gateway HTTP API (payload format 2.0) event for the handler that
-`template.yaml` names for `ApiFunction`; the handler's response becomes the HTTP response.
+`template.yaml` names for `ApiFunction`. The handler's response becomes the HTTP response.
 The server also serves the media bucket under `/files/`, which the local runtime uses as
 its public base URL, so the output URLs that jobs return download with curl. `PUT /files/<key>`
 stands in for R2 presigned uploads: the server sets the runtime's `upload_url_base` to its own
@@ -28,7 +28,7 @@ from ecliptic.local.runtime import LocalRuntime
 logger = logging.getLogger(__name__)
 
 FILES_PREFIX = "/files/"
-# API Gateway HTTP APIs reject request bodies over 10 MB before Lambda sees them.
+# API Gateway HTTP APIs reject request bodies over 10 MB before the request reaches Lambda.
 MAX_BODY_BYTES = 10 * 1024 * 1024
 _TEXT_TYPES = ("application/json", "text/", "application/x-www-form-urlencoded")
 
