@@ -508,6 +508,86 @@ def test_render_applies_rotation(tmp_path: Path, media: dict[str, Path]) -> None
     assert frame[170:].mean() < 50
 
 
+_LUMA_WEIGHTS = {"bt709": (0.2126, 0.0722), "bt601": (0.299, 0.114)}
+
+
+def _convert_matrix(yuv: tuple[float, float, float], source: str, target: str) -> np.ndarray:
+    """Convert one limited-range 8-bit Y'CbCr colour between matrices, through R'G'B'."""
+    y, cb, cr = (yuv[0] - 16) / 219, (yuv[1] - 128) / 224, (yuv[2] - 128) / 224
+    kr, kb = _LUMA_WEIGHTS[source]
+    red = y + 2 * (1 - kr) * cr
+    blue = y + 2 * (1 - kb) * cb
+    green = (y - kr * red - kb * blue) / (1 - kr - kb)
+    kr, kb = _LUMA_WEIGHTS[target]
+    y = kr * red + (1 - kr - kb) * green + kb * blue
+    cb = (blue - y) / (2 * (1 - kb))
+    cr = (red - y) / (2 * (1 - kr))
+    return np.array([16 + 219 * y, 128 + 224 * cb, 128 + 224 * cr])
+
+
+def _centre_yuv(path: Path) -> np.ndarray:
+    """Return the mean Y, Cb and Cr of the centre of the first frame (8-bit 4:2:0)."""
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+        planes = frame.to_ndarray(format="yuv420p")
+    height, width = frame.height, frame.width
+    luma = planes[:height]
+    chroma = planes[height:].reshape(2, height // 2, width // 2)
+    return np.array(
+        [
+            luma[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4].mean(),
+            *(plane[height // 8 : 3 * height // 8, width // 8 : 3 * width // 8].mean()
+              for plane in chroma),
+        ]
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("size", "tag", "matrix"),
+    [
+        ("1280x720", None, "bt709"),
+        ("640x360", None, "bt601"),
+        ("1280x720", "smpte170m", "bt601"),
+        ("640x360", "bt709", "bt709"),
+    ],
+    ids=["untagged-hd", "untagged-sd", "tagged-601-hd", "tagged-709-sd"],
+)
+def test_render_keeps_colours(
+    size: str, tag: str | None, matrix: str, tmp_path: Path, media: dict[str, Path]
+) -> None:
+    """A flat colour keeps its R'G'B' through the render: the clip is read with its own
+    matrix (or, untagged, BT.709 for HD and BT.601 for SD) and written as BT.709."""
+    # An orange that stays inside the R'G'B' cube under both matrices, and whose BT.709
+    # values differ from its BT.601 ones by up to 22 steps.
+    source = (150.0, 80.0, 50.0)
+    clip = tmp_path / "flat.mp4"
+    _ffmpeg(
+        "-f", "lavfi", "-i", f"color=color=black:size={size}:rate=30:duration=1",
+        "-vf", "format=yuv444p,geq=lum=150:cb=80:cr=50,format=yuv420p",
+        "-c:v", "libx264", "-crf", "10", str(tmp_path / "untagged.mp4"),
+    )  # fmt: skip
+    # Tag the bitstream afterwards: an output -colorspace option would convert the pixels.
+    code = {None: 2, "smpte170m": 6, "bt709": 1}[tag]
+    vui = f"matrix_coefficients={code}:colour_primaries={code}:transfer_characteristics={code}"
+    _ffmpeg(
+        "-i", str(tmp_path / "untagged.mp4"), "-c", "copy",
+        "-bsf:v", f"h264_metadata={vui}", str(clip),
+    )  # fmt: skip
+    info = probe_media(clip)
+    assert info.color_space == tag
+    assert np.allclose(_centre_yuv(clip), source, atol=1.0)
+    plan = _plan(320, 180, _segments((0, 0.0, 3)))
+    out = tmp_path / "flat-out.mp4"
+
+    render_montage(plan, audio_path=media["song"], clips={0: (clip, info)}, out_path=out)
+
+    expected = _convert_matrix(source, matrix, "bt709")
+    assert np.allclose(_centre_yuv(out), expected, atol=2.0), (_centre_yuv(out), expected)
+    # The two matrices give values far enough apart for the check above to tell them apart.
+    assert np.abs(_convert_matrix(source, "bt601", "bt709") - source).max() > 20
+
+
 @pytest.mark.slow
 def test_render_audio_start_and_fade(media: dict[str, Path], tmp_path: Path) -> None:
     """The song plays from audio_start and fades to near silence at the end."""

@@ -61,6 +61,19 @@ _COLOR_PRIMARIES_NAMES: dict[int, str] = {
     12: "smpte432",
     22: "ebu3213",
 }
+# Names that av_color_space_name() returns for the AVColorSpace values (the YUV matrix).
+_COLOR_SPACE_NAMES: dict[int, str] = {
+    0: "gbr",
+    1: "bt709",
+    4: "fcc",
+    5: "bt470bg",
+    6: "smpte170m",
+    7: "smpte240m",
+    8: "ycgco",
+    9: "bt2020nc",
+    10: "bt2020c",
+    14: "ictcp",
+}
 
 # `ffmpeg -i` prints "Display Matrix: rotation of -90.00 degrees" (ffmpeg 9.0) or
 # "displaymatrix: rotation of -90.00 degrees" (ffmpeg 5.1) under a rotated stream.
@@ -178,6 +191,7 @@ def _video_facts(
         "pix_fmt": context.pix_fmt,
         "color_transfer": _COLOR_TRANSFER_NAMES.get(context.color_trc),
         "color_primaries": _COLOR_PRIMARIES_NAMES.get(context.color_primaries),
+        "color_space": _COLOR_SPACE_NAMES.get(context.colorspace),
     }
 
 

@@ -495,7 +495,10 @@ def _segment_filter(
     if info.is_hdr:
         filters.append(f"scale={width}:{height}")
     else:
-        filters.append(f"scale={width}:{height}:out_color_matrix=bt709:out_range=tv")
+        matrix = _input_matrix(info)
+        filters.append(
+            f"scale={width}:{height}:in_color_matrix={matrix}:out_color_matrix=bt709:out_range=tv"
+        )
     filters.append("setsar=1")
     if info.is_hdr:
         filters += _tonemap_filters(info)
@@ -506,6 +509,36 @@ def _segment_filter(
     # tpad only acts at end of input; -frames:v cuts the output to the slot.
     filters.append(f"tpad=stop_mode=clone:stop_duration={slot_seconds + 1:.3f}")
     return ",".join(filters)
+
+
+# The scale filter's names for the YUV matrices that the probe reports. These names are
+# also in older ffmpeg builds.
+_SCALE_MATRICES = {
+    "bt709": "bt709",
+    "bt470bg": "smpte170m",
+    "smpte170m": "smpte170m",
+    "fcc": "fcc",
+    "smpte240m": "smpte240m",
+    "bt2020nc": "bt2020",
+    "bt2020c": "bt2020",
+}
+
+
+def _input_matrix(info: MediaInfo) -> str:
+    """Return the YUV matrix the scaler reads the clip with.
+
+    A tagged matrix is used as tagged. For an untagged clip the coded size decides, as in
+    RetroArch's ffmpeg core: BT.709 from 1280 pixels wide or more than 576 lines high,
+    BT.601 below. Left to itself the scaler reads every untagged clip as BT.601, which
+    shifts the colours of untagged HD video when it converts them to BT.709.
+    """
+    if info.color_space in _SCALE_MATRICES:
+        return _SCALE_MATRICES[info.color_space]
+    if info.color_space is not None:
+        return "auto"  # RGB or a rarer matrix: the scaler reads the frame's own tag
+    width = info.coded_width or info.width or 0
+    height = info.coded_height or info.height or 0
+    return "bt709" if width >= 1280 or height > 576 else "smpte170m"
 
 
 def _tonemap_filters(info: MediaInfo) -> list[str]:
