@@ -1,10 +1,13 @@
-"""Shared fixtures: the local stack, a loopback media server and small generated media."""
+"""Shared fixtures: the local stack, a loopback media server, small generated media and a
+recorder of outgoing connections."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,3 +69,30 @@ def stack() -> Iterator[LocalStack]:
 def media_server() -> Iterator[MediaFileServer]:
     with MediaFileServer() as server:
         yield server
+
+
+@pytest.fixture
+def connections(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Record every outgoing connection; only 127.0.0.1 may actually be reached.
+
+    A connection to any other address fails the test before a packet is sent.
+    """
+    attempts: list[tuple[str, int]] = []
+    real_create = socket.create_connection
+    real_connect = socket.socket.connect
+
+    def create_connection(address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
+        attempts.append((str(address[0]), int(address[1])))
+        if address[0] != "127.0.0.1":
+            raise AssertionError(f"the test tried to connect to {address}")
+        return real_create(address, *args, **kwargs)
+
+    def connect(self: socket.socket, address: Any) -> None:
+        if isinstance(address, tuple) and address[0] != "127.0.0.1":
+            attempts.append((str(address[0]), int(address[1])))
+            raise AssertionError(f"the test tried to connect to {address}")
+        real_connect(self, address)
+
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return attempts

@@ -36,31 +36,7 @@ MP4_HEAD = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41"
 HTML_PAGE = b"<!DOCTYPE html>\n<html><head><title>Clip</title></head><body>hi</body></html>\n"
 
 
-# ----- recording connections ------------------------------------------------------------
-
-
-@pytest.fixture
-def connections(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
-    """Record every outgoing connection; only 127.0.0.1 may actually be reached."""
-    attempts: list[tuple[str, int]] = []
-    real_create = socket.create_connection
-    real_connect = socket.socket.connect
-
-    def create_connection(address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
-        attempts.append((str(address[0]), int(address[1])))
-        if address[0] != "127.0.0.1":
-            raise AssertionError(f"the test tried to connect to {address}")
-        return real_create(address, *args, **kwargs)
-
-    def connect(self: socket.socket, address: Any) -> None:
-        if isinstance(address, tuple) and address[0] != "127.0.0.1":
-            attempts.append((str(address[0]), int(address[1])))
-            raise AssertionError(f"the test tried to connect to {address}")
-        real_connect(self, address)
-
-    monkeypatch.setattr(socket, "create_connection", create_connection)
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    return attempts
+# ----- name resolution ------------------------------------------------------------------
 
 
 @pytest.fixture

@@ -130,30 +130,6 @@ class Receiver:
         self.httpd.server_close()
 
 
-@pytest.fixture
-def connections(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
-    """Record every outgoing connection; only 127.0.0.1 may actually be reached."""
-    attempts: list[tuple[str, int]] = []
-    real_create = socket.create_connection
-    real_connect = socket.socket.connect
-
-    def create_connection(address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
-        attempts.append((str(address[0]), int(address[1])))
-        if address[0] != "127.0.0.1":
-            raise AssertionError(f"the test tried to connect to {address}")
-        return real_create(address, *args, **kwargs)
-
-    def connect(self: socket.socket, address: Any) -> None:
-        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "::1", "localhost"):
-            attempts.append((str(address[0]), int(address[1])))
-            raise AssertionError(f"the test tried to connect to {address}")
-        real_connect(self, address)
-
-    monkeypatch.setattr(socket, "create_connection", create_connection)
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    return attempts
-
-
 @dataclass
 class FakeDns:
     """Addresses for chosen host names, and the lookups made for them."""
