@@ -8,10 +8,10 @@ decodes the finished montage again.
 
 Why per segment: one ffmpeg run with one filter graph for the whole montage opens every
 clip at once, so its memory grows with the segment count and the source frame size. It
-took about 35 MB per 1080p input, 760 MB for 12 segments, and plans may have hundreds of
-segments. The per-segment render stays near 620 MB with two workers whatever the plan, at
-1.03 to 1.12x the CPU time of the one graph (ffmpeg 9.0.2, 2 CPUs). `bench/bench_render.py`
-measures both designs, and `docs/benchmarks.md` records the results.
+took about 35 MB per 1080p input, 700 to 760 MB for 12 segments, and plans may have hundreds of
+segments. The per-segment render stays near 610 MB with two workers whatever the plan, and
+on the benchmark it took 0.95 to 0.97x the CPU time of the one graph (ffmpeg 9.0.2, 2 CPUs).
+`bench/bench_render.py` measures both designs, and `docs/benchmarks.md` records the results.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ AUDIO_SAMPLE_RATE = 48000
 FADE_OUT_SECONDS = 1.0
 # Segment encodes that run at once. At 1080x1920 from 1080p clips one encode peaked at
 # 240 MB with one thread and 320 MB with x264's own thread count, and the whole render with
-# two workers at 620 MB, Python included.
+# two workers at about 615 MB, Python included.
 MAX_WORKERS = 2
 # Storyboard: thumbnails of this width (at most the output width), up to this many per row
 # and in total. Segments beyond the cap are skipped evenly.
@@ -511,8 +511,7 @@ def _segment_filter(
     return ",".join(filters)
 
 
-# The scale filter's names for the YUV matrices that the probe reports. These names are
-# also in older ffmpeg builds.
+# The scale filter's names for the YUV matrices that the probe reports.
 _SCALE_MATRICES = {
     "bt709": "bt709",
     "bt470bg": "smpte170m",
