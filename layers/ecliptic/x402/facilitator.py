@@ -390,7 +390,8 @@ def _auth_from_settings(settings: Settings) -> AuthHeaderProvider:
             detail={"stage": "credentials"},
         ) from exc
     except ImportError as exc:
-        # NOTE: `cryptography` signs the JWTs but is not in layers/requirements.txt yet.
+        # `cryptography` signs the JWTs. layers/requirements.txt lists it, so only a broken
+        # build gets here.
         logger.error("CDP authentication needs the cryptography package: %s", exc)
         raise ServiceUnavailable(
             "Payments are not available: the service is misconfigured.",
