@@ -345,7 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="output frame (default auto: the clips' majority orientation)",
     )
     montage.add_argument(
-        "--duration", type=float, help="cut the montage to this many seconds (3 to 600)"
+        "--duration",
+        type=float,
+        help="cut the montage to this many seconds (3 to 600); it never runs past the song "
+        "or ECLIPTIC_MAX_DURATION_SECONDS",
     )
     montage.add_argument(
         "--max-side",

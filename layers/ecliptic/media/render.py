@@ -8,10 +8,11 @@ decodes the finished montage again.
 
 Why per segment: one ffmpeg run with one filter graph for the whole montage opens every
 clip at once, so its memory grows with the segment count and the source frame size. It
-took about 35 MB per 1080p input, 700 to 760 MB for 12 segments, and plans may have hundreds of
-segments. The per-segment render stays near 610 MB with two workers whatever the plan, and
-on the benchmark it took 0.95 to 0.97x the CPU time of the one graph (ffmpeg 9.0.2, 2 CPUs).
-`bench/bench_render.py` measures both designs, and `docs/benchmarks.md` records the results.
+took about 35 MB per 1080p input, 700 to 760 MB for 12 segments, and plans may have
+hundreds of segments. The per-segment render stays near 610 MB with two workers and 1080p
+clips whatever the plan (1150 MB with 4K clips). On the benchmark it took 0.95 to 0.97x
+the CPU time of the one graph (ffmpeg 9.0.2, 2 CPUs). `bench/bench_render.py` measures
+both designs, and `docs/benchmarks.md` records the results.
 """
 
 from __future__ import annotations
