@@ -1,10 +1,13 @@
-"""Shared fixtures: the local stack, a loopback media server, small generated media and a
-recorder of outgoing connections."""
+"""Shared fixtures: the local stack, a loopback media server, small generated media, a
+recorder of outgoing connections and a fake chain RPC endpoint."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -96,3 +99,103 @@ def connections(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     monkeypatch.setattr(socket, "create_connection", create_connection)
     monkeypatch.setattr(socket.socket, "connect", connect)
     return attempts
+
+
+class FakeChain:
+    """A JSON-RPC endpoint on 127.0.0.1 that plays a token contract's EIP-3009 state.
+
+    It answers `eth_call` for `authorizationState`, `eth_getBlockByNumber` and
+    `eth_getLogs` for `AuthorizationUsed`. Blocks come every 2 s, the newest at the time
+    the fake started. `used` maps (authorizer, nonce) to (block, transaction hash), with
+    the transaction None for a cancelled authorization. `fail` makes every call answer
+    with that HTTP status, or with a JSON-RPC error when it is 200.
+    """
+
+    latest = 30_000_000
+    block_seconds = 2
+
+    def __init__(self, asset: str) -> None:
+        from http.server import ThreadingHTTPServer
+
+        self.asset = asset.lower()
+        self.now = int(time.time())
+        self.used: dict[tuple[str, str], tuple[int, str | None]] = {}
+        self.fail: int | None = None
+        self.calls: list[tuple[str, list[Any]]] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/rpc"
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,))
+        self._thread.daemon = True
+
+    def __enter__(self) -> FakeChain:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def block_time(self, number: int) -> int:
+        return self.now - (self.latest - number) * self.block_seconds
+
+    def use(self, authorizer: str, nonce: str, *, blocks_ago: int, transaction: str | None) -> None:
+        self.used[(authorizer.lower(), nonce.lower())] = (self.latest - blocks_ago, transaction)
+
+    def answer(self, method: str, params: list[Any]) -> Any:
+        self.calls.append((method, params))
+        if method == "eth_call":
+            call = params[0]
+            data = bytes.fromhex(call["data"][2:])
+            authorizer = "0x" + data[4 + 12 : 36].hex()
+            nonce = "0x" + data[36:68].hex()
+            used = call["to"].lower() == self.asset and (authorizer, nonce) in self.used
+            return "0x" + int(used).to_bytes(32, "big").hex()
+        if method == "eth_getBlockByNumber":
+            number = self.latest if params[0] == "latest" else int(params[0], 16)
+            return {"number": hex(number), "timestamp": hex(self.block_time(number))}
+        if method == "eth_getLogs":
+            query = params[0]
+            start, end = int(query["fromBlock"], 16), int(query["toBlock"], 16)
+            _, authorizer_topic, nonce_topic = query["topics"]
+            logs = []
+            for (authorizer, nonce), (block, transaction) in self.used.items():
+                if (
+                    transaction is not None
+                    and query["address"].lower() == self.asset
+                    and authorizer_topic == "0x" + authorizer[2:].rjust(64, "0")
+                    and nonce_topic == nonce
+                    and start <= block <= end
+                ):
+                    logs.append({"transactionHash": transaction, "blockNumber": hex(block)})
+            return logs
+        raise AssertionError(f"unexpected JSON-RPC method {method}")
+
+    def _handler(self) -> type:
+        from http.server import BaseHTTPRequestHandler
+
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server naming)
+                request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                status = fake.fail or 200
+                if fake.fail == 200:
+                    body = {"jsonrpc": "2.0", "id": request["id"], "error": {"code": -32000,
+                            "message": "header not found"}}  # fmt: skip
+                elif fake.fail:
+                    body = {"error": "unavailable"}
+                else:
+                    result = fake.answer(request["method"], request["params"])
+                    body = {"jsonrpc": "2.0", "id": request["id"], "result": result}
+                raw = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+        return Handler

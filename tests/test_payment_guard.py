@@ -29,6 +29,7 @@ import boto3
 import pytest
 import requests
 from botocore.exceptions import ClientError
+from conftest import FakeChain
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -39,6 +40,7 @@ from x402.mechanisms.evm import EthAccountSigner
 from x402.mechanisms.evm.exact import ExactEvmScheme
 from x402.mechanisms.evm.exact.v1 import ExactEvmSchemeV1
 
+import ecliptic.submission as submission_module
 import ecliptic.x402.facilitator as facilitator_module
 from ecliptic.config import Settings, get_settings
 from ecliptic.errors import PaymentConflict, ServiceUnavailable
@@ -680,6 +682,95 @@ def test_rejection_after_unknown_outcome_keeps_claim(stack, fake):
     assert claim["claimState"] == "pending"
     assert claim["lastReason"] == "invalid_exact_evm_nonce_already_used"
     assert jobs_paid_by(payer) == []
+
+
+@pytest.fixture
+def chain() -> Iterator[FakeChain]:
+    """A fake chain RPC endpoint that the API reads, for the tests that set it up."""
+    with FakeChain(SETTINGS.payment_asset) as fake_chain, settings_env(
+        chain_rpc_url=fake_chain.url
+    ):
+        yield fake_chain
+
+
+def test_unconfirmed_settlement_found_on_chain(stack, fake, chain):
+    """The chain shows the transfer that used the authorization: the retry gets the job."""
+    fake.reset(settle=["error", "nonce_used"])
+    body = montage_body(fake, username="found-on-chain")
+    headers = sdk_payment(stack, body, 2)
+    payer, nonce = payment_of(headers)
+    transaction = "0x" + "c4" * 32
+
+    first = post(stack, body, headers)
+    chain.use(payer, nonce, blocks_ago=3, transaction=transaction)
+    second = post(stack, body, headers)
+
+    assert first.status_code == 503
+    assert second.status_code == 202, second.text
+    (job,) = jobs_paid_by(payer)
+    assert job["jobId"] == second.json()["jobId"]
+    assert job["payment"]["transaction"] == transaction
+    assert claim_of(headers)["claimState"] == "job_written"
+    assert executions_of(stack, job["jobId"]) == 1
+    methods = [method for method, _ in chain.calls]
+    assert methods[0] == "eth_call"
+    assert "eth_getLogs" in methods
+
+
+def test_expired_unused_authorization_released(stack, fake, chain, monkeypatch):
+    """Unused on chain and past validBefore: nothing was charged, so the answer is a 402."""
+    fake.reset(settle=["error", "nonce_used"])
+    body = montage_body(fake, username="expired-unused")
+    headers = sdk_payment(stack, body, 2)
+    payer, _ = payment_of(headers)
+    valid_before = int(
+        decode_json_header(headers["PAYMENT-SIGNATURE"])["payload"]["authorization"][
+            "validBefore"
+        ]
+    )
+
+    first = post(stack, body, headers)
+    monkeypatch.setattr(submission_module, "_unix_now", lambda: valid_before + 1.0)
+    second = post(stack, body, headers)
+
+    assert first.status_code == 503
+    assert second.status_code == 402, second.text
+    challenge = second.json()
+    assert challenge["reason"] == "expired"
+    assert "nothing was charged" in challenge["error"]
+    assert "PAYMENT-REQUIRED" in second.headers
+    assert claim_of(headers) is None
+    assert jobs_paid_by(payer) == []
+
+
+@pytest.mark.parametrize(
+    ("setup", "reason"),
+    [
+        ("unused", "not yet expired"),
+        ("cancelled", "used without a transfer event"),
+        ("rpc_error", "chain read failed"),
+    ],
+)
+def test_undecided_on_chain_stays_pending(stack, fake, chain, setup, reason):
+    """Without a transfer and without an expired authorization the claim stays pending."""
+    fake.reset(settle=["error", "nonce_used"])
+    body = montage_body(fake, username=f"undecided-{setup}")
+    headers = sdk_payment(stack, body, 2)
+    payer, nonce = payment_of(headers)
+
+    first = post(stack, body, headers)
+    if setup == "cancelled":
+        chain.use(payer, nonce, blocks_ago=3, transaction=None)
+    if setup == "rpc_error":
+        chain.fail = 500
+    second = post(stack, body, headers)
+
+    assert first.status_code == 503
+    assert second.status_code == 503, reason
+    assert second.json()["error"]["code"] == "settlement_unconfirmed"
+    assert claim_of(headers)["claimState"] == "pending"
+    assert jobs_paid_by(payer) == []
+    assert chain.calls or setup == "rpc_error"
 
 
 def test_settled_payment_without_job_is_resumed(stack, fake, monkeypatch):

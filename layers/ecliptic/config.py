@@ -45,6 +45,11 @@ class Settings(BaseModel):
     facilitator_url: str = "https://api.cdp.coinbase.com/platform/v2/x402"
     facilitator_mode: str = Field(default="http", pattern="^(http|offline)$")
     facilitator_credentials_secret_arn: str | None = None
+    chain_rpc_url: str | None = Field(
+        default=None,
+        description="JSON-RPC endpoint of the payment network, read when a settlement "
+        "outcome is unknown; it may carry an API key, so it is never logged",
+    )
 
     # Media staging.
     max_videos: int = Field(default=20, ge=1, le=100, description="clips per request")

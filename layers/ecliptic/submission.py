@@ -18,6 +18,7 @@ import secrets
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
@@ -69,6 +70,7 @@ from ecliptic.x402.response import payment_response_header
 from ecliptic.x402.verify import check_payment_window, verify_payment
 
 if TYPE_CHECKING:
+    from ecliptic.x402.chain import AuthorizationOnChain
     from ecliptic.x402.facilitator import Facilitator
     from ecliptic.x402.verify import VerifiedPayment
 
@@ -386,21 +388,8 @@ class PaidSubmission:
                 raise
             # An earlier settle of this payment may have moved the funds, and a rejection
             # now (e.g. "nonce already used") cannot tell. A 402 would make the client pay
-            # twice, so the claim stays pending for the next retry.
-            # NOTE: only a chain read of authorizationState(from, nonce) on the token
-            # contract could settle this; the guard has no RPC access.
-            self._mark_pending(transaction=None, reason=error.code)
-            logger.error(
-                "settle again after an unknown outcome failed",
-                extra={**self._ids, "reason": error.code},
-            )
-            raise PaymentPending(
-                f"An earlier settlement of this payment was not confirmed, and settling it "
-                f"again failed ({error.code}). Do not sign a new payment for this request: "
-                f"retry it later with the same payment, or contact the operator with payer "
-                f"{self.payment.payer} and nonce {self.payment.nonce}.",
-                code="settlement_unconfirmed",
-            ) from error
+            # twice, so only the token contract decides.
+            settlement = self._settlement_on_chain(error)
         except Exception:
             # An unexpected failure may have come after the settle request was sent.
             self._mark_pending(transaction=None, reason="internal_error")
@@ -424,6 +413,70 @@ class PaidSubmission:
                 extra={**self._ids, "transaction": settlement.transaction},
             )
         return self._start_job(settlement)
+
+    def _settlement_on_chain(self, error: PaymentRequired | ServiceUnavailable) -> Settlement:
+        """Decide a payment whose second settle failed after an unknown outcome, on chain.
+
+        Returns the settlement when a transfer used the authorization. Releases the claim
+        and raises a 402 when the authorization expired unused, so nothing was charged.
+        Otherwise, or without `chain_rpc_url`, the claim stays pending and the request gets
+        a 503, so that the client retries later.
+        """
+        found = self._read_chain()
+        if found is not None and found.used and found.transaction:
+            logger.warning(
+                "settlement found on chain after an unknown outcome",
+                extra={**self._ids, "transaction": found.transaction},
+            )
+            return Settlement(
+                success=True,
+                transaction=found.transaction,
+                network=self.payment.network,
+                payer=self.payment.payer,
+                amount=self.payment.value,
+            )
+        if found is not None and not found.used and _unix_now() > self.payment.valid_before:
+            released = self.jobs.release_claim(
+                self.payment.payer, self.payment.nonce, lease_id=self.lease_id
+            )
+            if released:
+                logger.warning("authorization expired unused; claim released", extra=self._ids)
+                raise PaymentRequired(
+                    "The earlier settlement of this payment did not go through, and its "
+                    "authorization has expired unused, so nothing was charged. Sign a new "
+                    "payment and send the request again.",
+                    code="expired",
+                ) from error
+
+        self._mark_pending(transaction=None, reason=error.code)
+        logger.error(
+            "settle again after an unknown outcome failed",
+            extra={**self._ids, "reason": error.code, "on_chain": _describe(found)},
+        )
+        raise PaymentPending(
+            f"An earlier settlement of this payment was not confirmed, and settling it "
+            f"again failed ({error.code}). Do not sign a new payment for this request: "
+            f"retry it later with the same payment, or contact the operator with payer "
+            f"{self.payment.payer} and nonce {self.payment.nonce}.",
+            code="settlement_unconfirmed",
+        ) from error
+
+    def _read_chain(self) -> AuthorizationOnChain | None:
+        """Read the authorization from the token contract; None when that is not possible."""
+        if not self.settings.chain_rpc_url:
+            return None
+        from ecliptic.x402.chain import ChainReader, ChainReadFailed
+
+        claim = self._read_claim()
+        since = _claimed_at(claim) or time.time() - self.settings.payment_window_seconds
+        reader = ChainReader(self.settings.chain_rpc_url)
+        try:
+            return reader.authorization(
+                self.settings.payment_asset, self.payment.payer, self.payment.nonce, since=since
+            )
+        except ChainReadFailed as exc:
+            logger.error("chain read failed: %s", exc, extra=self._ids)
+            return None
 
     def _start_job(self, settlement: Settlement) -> Submission:
         job = self.draft.job(settlement)
@@ -512,6 +565,25 @@ class PaidSubmission:
             "settlement pending",
             extra={**self._ids, "reason": reason, "transaction": transaction},
         )
+
+
+def _unix_now() -> float:
+    return time.time()
+
+
+def _claimed_at(claim: dict[str, Any]) -> float | None:
+    try:
+        return datetime.fromisoformat(str(claim["claimedAt"])).timestamp()
+    except (KeyError, ValueError):
+        return None
+
+
+def _describe(found: AuthorizationOnChain | None) -> str:
+    if found is None:
+        return "not read"
+    if not found.used:
+        return "unused"
+    return "used, no transfer event found (cancelled, or older than the search)"
 
 
 def _lease_expired(claim: dict[str, Any]) -> bool:
