@@ -108,7 +108,8 @@ class FakeChain:
     `eth_getLogs` for `AuthorizationUsed`. Blocks come every 2 s, the newest at the time
     the fake started. `used` maps (authorizer, nonce) to (block, transaction hash), with
     the transaction None for a cancelled authorization. `fail` makes every call answer
-    with that HTTP status, or with a JSON-RPC error when it is 200.
+    with that HTTP status, or with a JSON-RPC error when it is 200. `delay_seconds` delays
+    every answer.
     """
 
     latest = 30_000_000
@@ -121,6 +122,7 @@ class FakeChain:
         self.now = int(time.time())
         self.used: dict[tuple[str, str], tuple[int, str | None]] = {}
         self.fail: int | None = None
+        self.delay_seconds = 0.0
         self.calls: list[tuple[str, list[Any]]] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -179,6 +181,7 @@ class FakeChain:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server naming)
                 request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                time.sleep(fake.delay_seconds)
                 status = fake.fail or 200
                 if fake.fail == 200:
                     body = {"jsonrpc": "2.0", "id": request["id"], "error": {"code": -32000,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -133,3 +134,18 @@ def test_refused_connection_raises() -> None:
         url = closed.url
     with pytest.raises(ChainReadFailed, match="ConnectionError"):
         ChainReader(url).authorization(ASSET, PAYER, _nonce(), since=0)
+
+
+def test_reads_stop_at_their_budget(chain: FakeChain) -> None:
+    """A slow endpoint fails the lookup once the budget is spent, not after every timeout."""
+    nonce = _nonce()
+    chain.use(PAYER, nonce, blocks_ago=MAX_LOG_BLOCKS - 10, transaction="0x" + "22" * 32)
+    chain.delay_seconds = 0.2
+    reader = ChainReader(chain.url, budget_seconds=0.5)
+    started = time.monotonic()
+
+    with pytest.raises(ChainReadFailed):
+        reader.authorization(ASSET, PAYER, nonce, since=0)
+
+    assert time.monotonic() - started < 1.5
+    assert len(chain.calls) <= 4

@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_SECONDS = 3.05
 READ_TIMEOUT_SECONDS = 5.0
+# All reads for one authorization. The API function times out after 29 s, and a settle
+# call before the reads takes at most about 13 s.
+BUDGET_SECONDS = 8.0
 # Blocks per eth_getLogs request. RPC providers limit the block range of one request, so
 # the search moves back this many blocks at a time.
 LOG_QUERY_BLOCKS = 1000
@@ -59,8 +62,16 @@ class ChainReader:
     The endpoint URL often carries an API key, so it is never logged.
     """
 
-    def __init__(self, url: str, *, session: requests.Session | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        budget_seconds: float = BUDGET_SECONDS,
+        session: requests.Session | None = None,
+    ) -> None:
         self._url = url
+        self._budget = budget_seconds
+        self._deadline = 0.0
         self._session = session or requests.Session()
         self._ids = 0
 
@@ -80,8 +91,10 @@ class ChainReader:
         Raises
         ------
         ChainReadFailed
-            When a read fails; nothing can be concluded then.
+            When a read fails or the reads take longer than the budget; nothing can be
+            concluded then.
         """
+        self._deadline = time.monotonic() + self._budget
         if not self._authorization_state(asset, authorizer, nonce):
             return AuthorizationOnChain(used=False)
         return AuthorizationOnChain(
@@ -147,12 +160,13 @@ class ChainReader:
         self._ids += 1
         body = {"jsonrpc": "2.0", "id": self._ids, "method": method, "params": params}
         started = time.monotonic()
+        remaining = self._deadline - started
+        if remaining <= 0:
+            raise ChainReadFailed(f"{method}: the {self._budget:g} s budget for reads ran out")
+        timeout = (min(CONNECT_TIMEOUT_SECONDS, remaining), min(READ_TIMEOUT_SECONDS, remaining))
         try:
             response = self._session.post(
-                self._url,
-                json=body,
-                timeout=(CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS),
-                allow_redirects=False,
+                self._url, json=body, timeout=timeout, allow_redirects=False
             )
         except requests.RequestException as exc:
             raise ChainReadFailed(f"{method}: {type(exc).__name__}") from exc
