@@ -200,19 +200,19 @@ def _topic(nonce: str) -> str:
     return "0x" + _word(nonce).hex()
 
 
-def _hex_bytes(value: Any, what: str) -> bytes:
+def _hex_bytes(value: Any, source: str) -> bytes:
     if not isinstance(value, str) or not value.startswith("0x"):
-        raise ChainReadFailed(f"{what} returned {value!r:.80}, expected 0x hex")
+        raise ChainReadFailed(f"{source} returned {value!r:.80}, expected 0x hex")
     try:
         return bytes.fromhex(value[2:])
     except ValueError as exc:
-        raise ChainReadFailed(f"{what} returned invalid hex") from exc
+        raise ChainReadFailed(f"{source} returned invalid hex") from exc
 
 
-def _hex_int(value: Any, what: str) -> int:
+def _hex_int(value: Any, field: str) -> int:
     if not isinstance(value, str) or not value.startswith("0x"):
-        raise ChainReadFailed(f"the {what} is {value!r:.80}, expected a 0x quantity")
+        raise ChainReadFailed(f"the {field} is {value!r:.80}, expected a 0x quantity")
     try:
         return int(value, 16)
     except ValueError as exc:
-        raise ChainReadFailed(f"the {what} is not hex") from exc
+        raise ChainReadFailed(f"the {field} is not hex") from exc
