@@ -104,23 +104,25 @@ def connections(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
 class FakeChain:
     """A JSON-RPC endpoint on 127.0.0.1 that plays a token contract's EIP-3009 state.
 
-    It answers `eth_call` for `authorizationState`, `eth_getBlockByNumber` and
-    `eth_getLogs` for `AuthorizationUsed`. Blocks come every 2 s, the newest at the time
-    the fake started. `used` maps (authorizer, nonce) to (block, transaction hash), with
-    the transaction None for a cancelled authorization. `fail` makes every call answer
-    with that HTTP status, or with a JSON-RPC error when it is 200. `delay_seconds` delays
-    every answer.
+    It answers `eth_chainId`, `eth_getBlockByNumber`, `eth_call` for `authorizationState`
+    (at the block asked for), `eth_getLogs` for the authorization events and
+    `eth_getTransactionReceipt`. Blocks come every 2 s, and the newest one has the
+    timestamp `now`. `use` and `cancel` put an authorization's event in a block. `fail`
+    makes every call answer with that HTTP status, or with a JSON-RPC error when it is
+    200. `delay_seconds` delays every answer.
     """
 
     latest = 30_000_000
     block_seconds = 2
 
-    def __init__(self, asset: str) -> None:
+    def __init__(self, asset: str, chain_id: int = 8453) -> None:
         from http.server import ThreadingHTTPServer
 
         self.asset = asset.lower()
+        self.chain_id = chain_id
         self.now = int(time.time())
-        self.used: dict[tuple[str, str], tuple[int, str | None]] = {}
+        # (authorizer, nonce) -> the event: its block, transaction, and transfer or None
+        self.events: dict[tuple[str, str], dict[str, Any]] = {}
         self.fail: int | None = None
         self.delay_seconds = 0.0
         self.calls: list[tuple[str, list[Any]]] = []
@@ -141,36 +143,106 @@ class FakeChain:
     def block_time(self, number: int) -> int:
         return self.now - (self.latest - number) * self.block_seconds
 
-    def use(self, authorizer: str, nonce: str, *, blocks_ago: int, transaction: str | None) -> None:
-        self.used[(authorizer.lower(), nonce.lower())] = (self.latest - blocks_ago, transaction)
+    def block_at(self, moment: float) -> int:
+        return self.latest - int((self.now - moment) // self.block_seconds)
+
+    def use(
+        self,
+        authorizer: str,
+        nonce: str,
+        *,
+        block: int,
+        transaction: str,
+        to: str,
+        value: int,
+    ) -> None:
+        """Record a transferWithAuthorization of `value` to `to` in `block`."""
+        self.events[(authorizer.lower(), nonce.lower())] = {
+            "block": block,
+            "transaction": transaction,
+            "transfer": (to.lower(), value),
+            "status": 1,
+        }
+
+    def cancel(self, authorizer: str, nonce: str, *, block: int) -> None:
+        self.events[(authorizer.lower(), nonce.lower())] = {
+            "block": block,
+            "transaction": "0x" + "cc" * 32,
+            "transfer": None,
+            "status": 1,
+        }
 
     def answer(self, method: str, params: list[Any]) -> Any:
+        from ecliptic.x402.chain import (
+            AUTHORIZATION_CANCELED_TOPIC,
+            AUTHORIZATION_USED_TOPIC,
+            TRANSFER_TOPIC,
+        )
+
+        def topic(value: str) -> str:
+            return "0x" + value[2:].rjust(64, "0")
+
+        def event_log(authorizer: str, nonce: str, event: dict[str, Any]) -> dict[str, Any]:
+            kind = AUTHORIZATION_USED_TOPIC if event["transfer"] else AUTHORIZATION_CANCELED_TOPIC
+            return {
+                "address": self.asset,
+                "topics": [kind, topic(authorizer), nonce],
+                "transactionHash": event["transaction"],
+                "blockNumber": hex(event["block"]),
+                "logIndex": "0x3",
+            }
+
         self.calls.append((method, params))
-        if method == "eth_call":
-            call = params[0]
-            data = bytes.fromhex(call["data"][2:])
-            authorizer = "0x" + data[4 + 12 : 36].hex()
-            nonce = "0x" + data[36:68].hex()
-            used = call["to"].lower() == self.asset and (authorizer, nonce) in self.used
-            return "0x" + int(used).to_bytes(32, "big").hex()
+        if method == "eth_chainId":
+            return hex(self.chain_id)
         if method == "eth_getBlockByNumber":
             number = self.latest if params[0] == "latest" else int(params[0], 16)
             return {"number": hex(number), "timestamp": hex(self.block_time(number))}
+        if method == "eth_call":
+            call, block = params
+            data = bytes.fromhex(call["data"][2:])
+            key = ("0x" + data[16:36].hex(), "0x" + data[36:68].hex())
+            event = self.events.get(key)
+            used = (
+                call["to"].lower() == self.asset
+                and event is not None
+                and event["status"] == 1
+                and event["block"] <= int(block, 16)
+            )
+            return "0x" + int(used).to_bytes(32, "big").hex()
         if method == "eth_getLogs":
             query = params[0]
             start, end = int(query["fromBlock"], 16), int(query["toBlock"], 16)
-            _, authorizer_topic, nonce_topic = query["topics"]
+            kinds, authorizer_topic, nonce_topic = query["topics"]
             logs = []
-            for (authorizer, nonce), (block, transaction) in self.used.items():
+            for (authorizer, nonce), event in self.events.items():
+                entry = event_log(authorizer, nonce, event)
                 if (
-                    transaction is not None
+                    event["status"] == 1
                     and query["address"].lower() == self.asset
-                    and authorizer_topic == "0x" + authorizer[2:].rjust(64, "0")
-                    and nonce_topic == nonce
-                    and start <= block <= end
+                    and entry["topics"][0] in kinds
+                    and entry["topics"][1:] == [authorizer_topic, nonce_topic]
+                    and start <= event["block"] <= end
                 ):
-                    logs.append({"transactionHash": transaction, "blockNumber": hex(block)})
+                    logs.append(entry)
             return logs
+        if method == "eth_getTransactionReceipt":
+            for (authorizer, nonce), event in self.events.items():
+                if event["transaction"] != params[0]:
+                    continue
+                logs = [event_log(authorizer, nonce, event)]
+                if event["transfer"]:
+                    to, value = event["transfer"]
+                    logs.append(
+                        {
+                            "address": self.asset,
+                            "topics": [TRANSFER_TOPIC, topic(authorizer), topic(to)],
+                            "data": "0x" + value.to_bytes(32, "big").hex(),
+                            "logIndex": "0x4",
+                        }
+                    )
+                return {"status": hex(event["status"]), "logs": logs}
+            return None
         raise AssertionError(f"unexpected JSON-RPC method {method}")
 
     def _handler(self) -> type:

@@ -10,17 +10,23 @@ import pytest
 from conftest import FakeChain
 
 from ecliptic.x402.chain import (
+    AUTHORIZATION_CANCELED_TOPIC,
     AUTHORIZATION_STATE_SELECTOR,
     AUTHORIZATION_USED_TOPIC,
     LOG_QUERY_BLOCKS,
-    MAX_LOG_BLOCKS,
+    MARGIN_SECONDS,
+    TRANSFER_TOPIC,
     ChainReader,
     ChainReadFailed,
+    PaymentTerms,
 )
 from ecliptic.x402.eip712 import keccak256
 
 ASSET = "0x833589fcd6edb6e08f4c7c32d4f71b54bda02913"
 PAYER = "0x" + "ab" * 20
+PAY_TO = "0x" + "5e" * 20
+PRICE = 20000
+TRANSACTION = "0x" + "7a" * 32
 
 
 @pytest.fixture
@@ -29,82 +35,141 @@ def chain() -> Iterator[FakeChain]:
         yield fake
 
 
-def _nonce() -> str:
-    return "0x" + secrets.token_hex(32)
+def _terms(chain: FakeChain, *, claimed_ago: int = 10, window: int = 60) -> PaymentTerms:
+    """Terms of a payment claimed `claimed_ago` seconds before the chain's newest block."""
+    claimed = chain.now - claimed_ago
+    return PaymentTerms(
+        asset=ASSET,
+        chain_id=8453,
+        payer=PAYER,
+        pay_to=PAY_TO,
+        price=PRICE,
+        nonce="0x" + secrets.token_hex(32),
+        valid_after=0,
+        valid_before=claimed + window,
+    )
+
+
+def _read(chain: FakeChain, terms: PaymentTerms, claimed_ago: int = 10):
+    return ChainReader(chain.url).authorization(terms, since=chain.now - claimed_ago)
 
 
 def test_contract_identifiers() -> None:
-    """The selector and the event topic are the EIP-3009 ones."""
+    """The selector and the event topics are the EIP-3009 and ERC-20 ones."""
     assert AUTHORIZATION_STATE_SELECTOR.hex() == "e94a0102"
-    event = keccak256(b"AuthorizationUsed(address,bytes32)")
-    assert event.hex() == AUTHORIZATION_USED_TOPIC.removeprefix("0x")
+    assert TRANSFER_TOPIC == (
+        "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
+    )
+    for topic, event in (
+        (AUTHORIZATION_USED_TOPIC, b"AuthorizationUsed(address,bytes32)"),
+        (AUTHORIZATION_CANCELED_TOPIC, b"AuthorizationCanceled(address,bytes32)"),
+    ):
+        assert topic.removeprefix("0x") == keccak256(event).hex()
 
 
-def test_unused_authorization(chain: FakeChain) -> None:
-    found = ChainReader(chain.url).authorization(ASSET, PAYER, _nonce(), since=chain.now - 60)
+def test_unused_before_valid_before(chain: FakeChain) -> None:
+    found = _read(chain, _terms(chain))
 
-    assert found.used is False
+    assert found.outcome == "unused"
     assert found.transaction is None
-    assert [method for method, _ in chain.calls] == ["eth_call"]
 
 
-def test_used_authorization_gives_transaction(chain: FakeChain) -> None:
-    nonce = _nonce()
-    transaction = "0x" + "5e" * 32
-    chain.use(PAYER, nonce, blocks_ago=10, transaction=transaction)
+def test_unused_after_valid_before_is_expired(chain: FakeChain) -> None:
+    terms = _terms(chain, claimed_ago=600)
 
-    found = ChainReader(chain.url).authorization(ASSET, PAYER, nonce, since=chain.now - 60)
-
-    assert found.used is True
-    assert found.transaction == transaction
+    assert _read(chain, terms, claimed_ago=600).outcome == "expired"
 
 
-def test_log_search_pages_back_to_claim(chain: FakeChain) -> None:
-    """A transfer 2,500 blocks back is found with queries of at most LOG_QUERY_BLOCKS."""
-    nonce = _nonce()
-    chain.use(PAYER, nonce, blocks_ago=2500, transaction="0x" + "77" * 32)
-    since = chain.block_time(chain.latest - 2600)
+def test_expiry_judged_by_chain_clock(chain: FakeChain) -> None:
+    """A node whose newest block is older than validBefore plus the margin is not final."""
+    terms = _terms(chain, claimed_ago=600)
+    chain.now = terms.valid_before + MARGIN_SECONDS - 1
 
-    found = ChainReader(chain.url).authorization(ASSET, PAYER, nonce, since=since)
+    assert _read(chain, terms, claimed_ago=0).outcome == "unused"
 
-    assert found.transaction == "0x" + "77" * 32
+
+def test_payment_transfer_found(chain: FakeChain) -> None:
+    terms = _terms(chain)
+    block = chain.block_at(chain.now - 4)
+    chain.use(PAYER, terms.nonce, block=block, transaction=TRANSACTION, to=PAY_TO, value=PRICE)
+
+    found = _read(chain, terms)
+
+    assert found.outcome == "paid"
+    assert found.transaction == TRANSACTION
+
+
+@pytest.mark.parametrize(
+    ("to", "value"),
+    [("0x" + "99" * 20, PRICE), (PAY_TO, PRICE - 1)],
+    ids=["paid-someone-else", "paid-too-little"],
+)
+def test_transfer_that_did_not_pay_is_undecided(chain: FakeChain, to: str, value: int) -> None:
+    """The nonce was used by another authorization of the payer: no payment, no release."""
+    terms = _terms(chain)
+    block = chain.block_at(chain.now - 4)
+    chain.use(PAYER, terms.nonce, block=block, transaction=TRANSACTION, to=to, value=value)
+
+    found = _read(chain, terms)
+
+    assert found.outcome == "undecided"
+
+
+def test_cancelled_authorization(chain: FakeChain) -> None:
+    terms = _terms(chain)
+    chain.cancel(PAYER, terms.nonce, block=chain.block_at(chain.now - 4))
+
+    assert _read(chain, terms).outcome == "cancelled"
+
+
+def test_old_claim_searches_its_own_blocks(chain: FakeChain) -> None:
+    """A transfer two days back is found with a few small queries around validBefore."""
+    two_days = 2 * 86400
+    terms = _terms(chain, claimed_ago=two_days)
+    block = chain.block_at(chain.now - two_days + 5)
+    chain.use(PAYER, terms.nonce, block=block, transaction=TRANSACTION, to=PAY_TO, value=PRICE)
+
+    found = _read(chain, terms, claimed_ago=two_days)
+
+    assert found.outcome == "paid"
     ranges = [
         (int(params[0]["fromBlock"], 16), int(params[0]["toBlock"], 16))
         for method, params in chain.calls
         if method == "eth_getLogs"
     ]
-    assert len(ranges) == 3
-    assert all(end - start + 1 <= LOG_QUERY_BLOCKS for start, end in ranges)
-    assert ranges[0][1] == chain.latest
-    for newer, older in zip(ranges, ranges[1:], strict=False):
-        assert older[1] + 1 == newer[0]
+    assert len(ranges) == 1
+    start, end = ranges[0]
+    assert start <= block <= end
+    assert end - start + 1 <= LOG_QUERY_BLOCKS
 
 
-def test_cancelled_authorization_has_no_transaction(chain: FakeChain) -> None:
-    nonce = _nonce()
-    chain.use(PAYER, nonce, blocks_ago=5, transaction=None)
+def test_wide_range_is_paged(chain: FakeChain) -> None:
+    """A long validity window is searched in queries of at most LOG_QUERY_BLOCKS."""
+    terms = _terms(chain, claimed_ago=3600, window=3000)
+    block = chain.block_at(chain.now - 3600 + 2900)
+    chain.use(PAYER, terms.nonce, block=block, transaction=TRANSACTION, to=PAY_TO, value=PRICE)
 
-    found = ChainReader(chain.url).authorization(ASSET, PAYER, nonce, since=chain.now - 60)
+    found = _read(chain, terms, claimed_ago=3600)
 
-    assert found.used is True
-    assert found.transaction is None
-
-
-def test_log_search_stops_at_its_limit(chain: FakeChain) -> None:
-    """An event older than MAX_LOG_BLOCKS is not searched for, however old the claim."""
-    nonce = _nonce()
-    chain.use(PAYER, nonce, blocks_ago=MAX_LOG_BLOCKS + 10, transaction="0x" + "11" * 32)
-
-    found = ChainReader(chain.url).authorization(ASSET, PAYER, nonce, since=0)
-
-    assert found.used is True
-    assert found.transaction is None
-    searched = sum(
-        int(params[0]["toBlock"], 16) - int(params[0]["fromBlock"], 16) + 1
+    assert found.outcome == "paid"
+    ranges = [
+        (int(params[0]["fromBlock"], 16), int(params[0]["toBlock"], 16))
         for method, params in chain.calls
         if method == "eth_getLogs"
-    )
-    assert searched == MAX_LOG_BLOCKS
+    ]
+    assert len(ranges) >= 2
+    assert all(end - start + 1 <= LOG_QUERY_BLOCKS for start, end in ranges)
+    for earlier, later in zip(ranges, ranges[1:], strict=False):
+        assert earlier[1] + 1 == later[0]
+
+
+def test_other_chain_is_rejected(chain: FakeChain) -> None:
+    """An endpoint of another network cannot declare a Base payment expired."""
+    chain.chain_id = 84532
+    terms = _terms(chain, claimed_ago=600)
+
+    with pytest.raises(ChainReadFailed, match="chain 84532"):
+        _read(chain, terms, claimed_ago=600)
 
 
 @pytest.mark.parametrize("status", [200, 500, 429])
@@ -112,10 +177,8 @@ def test_failed_read_raises(chain: FakeChain, status: int) -> None:
     """An HTTP error or a JSON-RPC error is a failed read, never a result."""
     chain.fail = status
 
-    with pytest.raises(ChainReadFailed) as caught:
-        ChainReader(chain.url).authorization(ASSET, PAYER, _nonce(), since=chain.now)
-
-    assert "eth_call" in str(caught.value)
+    with pytest.raises(ChainReadFailed, match="eth_chainId"):
+        _read(chain, _terms(chain))
 
 
 def test_failure_message_leaves_out_the_url(chain: FakeChain) -> None:
@@ -124,7 +187,7 @@ def test_failure_message_leaves_out_the_url(chain: FakeChain) -> None:
     chain.fail = 500
 
     with pytest.raises(ChainReadFailed) as caught:
-        reader.authorization(ASSET, PAYER, _nonce(), since=chain.now)
+        reader.authorization(_terms(chain), since=chain.now)
 
     assert "secret-key-123" not in str(caught.value)
 
@@ -132,20 +195,19 @@ def test_failure_message_leaves_out_the_url(chain: FakeChain) -> None:
 def test_refused_connection_raises() -> None:
     with FakeChain(ASSET) as closed:
         url = closed.url
+        terms = _terms(closed)
     with pytest.raises(ChainReadFailed, match="ConnectionError"):
-        ChainReader(url).authorization(ASSET, PAYER, _nonce(), since=0)
+        ChainReader(url).authorization(terms, since=0)
 
 
 def test_reads_stop_at_their_budget(chain: FakeChain) -> None:
     """A slow endpoint fails the lookup once the budget is spent, not after every timeout."""
-    nonce = _nonce()
-    chain.use(PAYER, nonce, blocks_ago=MAX_LOG_BLOCKS - 10, transaction="0x" + "22" * 32)
     chain.delay_seconds = 0.2
     reader = ChainReader(chain.url, budget_seconds=0.5)
     started = time.monotonic()
 
     with pytest.raises(ChainReadFailed):
-        reader.authorization(ASSET, PAYER, nonce, since=0)
+        reader.authorization(_terms(chain), since=chain.now)
 
     assert time.monotonic() - started < 1.5
     assert len(chain.calls) <= 4

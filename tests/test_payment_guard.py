@@ -40,7 +40,6 @@ from x402.mechanisms.evm import EthAccountSigner
 from x402.mechanisms.evm.exact import ExactEvmScheme
 from x402.mechanisms.evm.exact.v1 import ExactEvmSchemeV1
 
-import ecliptic.submission as submission_module
 import ecliptic.x402.facilitator as facilitator_module
 from ecliptic.config import Settings, get_settings
 from ecliptic.errors import PaymentConflict, ServiceUnavailable
@@ -54,6 +53,7 @@ from ecliptic.x402.cdp_auth import (
     credentials_from_json,
     load_private_key,
 )
+from ecliptic.x402.chain import MARGIN_SECONDS
 from ecliptic.x402.client import LocalPayer
 from ecliptic.x402.eip712 import SECP256K1_N, TokenDomain
 from ecliptic.x402.encoding import decode_json_header, encode_json_header
@@ -694,7 +694,7 @@ def chain() -> Iterator[FakeChain]:
 
 
 def test_unconfirmed_settlement_found_on_chain(stack, fake, chain):
-    """The chain shows the transfer that used the authorization: the retry gets the job."""
+    """The chain shows the transfer that paid for the authorization: the retry gets the job."""
     fake.reset(settle=["error", "nonce_used"])
     body = montage_body(fake, username="found-on-chain")
     headers = sdk_payment(stack, body, 2)
@@ -702,7 +702,14 @@ def test_unconfirmed_settlement_found_on_chain(stack, fake, chain):
     transaction = "0x" + "c4" * 32
 
     first = post(stack, body, headers)
-    chain.use(payer, nonce, blocks_ago=3, transaction=transaction)
+    chain.use(
+        payer,
+        nonce,
+        block=chain.latest,
+        transaction=transaction,
+        to=SETTINGS.pay_to,
+        value=SETTINGS.price_atomic,
+    )
     second = post(stack, body, headers)
 
     assert first.status_code == 503
@@ -713,64 +720,73 @@ def test_unconfirmed_settlement_found_on_chain(stack, fake, chain):
     assert claim_of(headers)["claimState"] == "job_written"
     assert executions_of(stack, job["jobId"]) == 1
     methods = [method for method, _ in chain.calls]
-    assert methods[0] == "eth_call"
-    assert "eth_getLogs" in methods
+    assert methods[:3] == ["eth_chainId", "eth_getBlockByNumber", "eth_call"]
+    assert "eth_getTransactionReceipt" in methods
 
 
-def test_expired_unused_authorization_released(stack, fake, chain, monkeypatch):
-    """Unused on chain and past validBefore: nothing was charged, so the answer is a 402."""
+@pytest.mark.parametrize("outcome", ["expired", "cancelled"])
+def test_unused_authorization_released(stack, fake, chain, outcome):
+    """Expired unused, or cancelled, on chain: nothing was charged, so the answer is a 402."""
     fake.reset(settle=["error", "nonce_used"])
-    body = montage_body(fake, username="expired-unused")
+    body = montage_body(fake, username=f"released-{outcome}")
     headers = sdk_payment(stack, body, 2)
-    payer, _ = payment_of(headers)
-    valid_before = int(
-        decode_json_header(headers["PAYMENT-SIGNATURE"])["payload"]["authorization"][
-            "validBefore"
-        ]
-    )
+    payer, nonce = payment_of(headers)
+    authorization = decode_json_header(headers["PAYMENT-SIGNATURE"])["payload"]["authorization"]
 
     first = post(stack, body, headers)
-    monkeypatch.setattr(submission_module, "_unix_now", lambda: valid_before + 1.0)
+    if outcome == "expired":
+        chain.now = int(authorization["validBefore"]) + MARGIN_SECONDS
+    else:
+        chain.cancel(payer, nonce, block=chain.latest)
     second = post(stack, body, headers)
 
     assert first.status_code == 503
     assert second.status_code == 402, second.text
     challenge = second.json()
-    assert challenge["reason"] == "expired"
+    assert challenge["reason"] == outcome
     assert "nothing was charged" in challenge["error"]
     assert "PAYMENT-REQUIRED" in second.headers
     assert claim_of(headers) is None
     assert jobs_paid_by(payer) == []
 
 
-@pytest.mark.parametrize(
-    ("setup", "reason"),
-    [
-        ("unused", "not yet expired"),
-        ("cancelled", "used without a transfer event"),
-        ("rpc_error", "chain read failed"),
-    ],
-)
-def test_undecided_on_chain_stays_pending(stack, fake, chain, setup, reason):
-    """Without a transfer and without an expired authorization the claim stays pending."""
+@pytest.mark.parametrize("setup", ["unused", "stale_node", "paid_elsewhere", "rpc_error"])
+def test_undecided_on_chain_stays_pending(stack, fake, chain, setup):
+    """Without a paying transfer and without a final unused state the claim stays pending."""
     fake.reset(settle=["error", "nonce_used"])
     body = montage_body(fake, username=f"undecided-{setup}")
     headers = sdk_payment(stack, body, 2)
     payer, nonce = payment_of(headers)
+    authorization = decode_json_header(headers["PAYMENT-SIGNATURE"])["payload"]["authorization"]
 
     first = post(stack, body, headers)
-    if setup == "cancelled":
-        chain.use(payer, nonce, blocks_ago=3, transaction=None)
+    if setup == "stale_node":
+        # Past validBefore by the API's clock, but the node's newest block is not.
+        chain.now = int(authorization["validBefore"]) + MARGIN_SECONDS - 2
+    if setup == "paid_elsewhere":
+        chain.use(
+            payer,
+            nonce,
+            block=chain.latest,
+            transaction="0x" + "e1" * 32,
+            to=OTHER_RECIPIENT,
+            value=SETTINGS.price_atomic,
+        )
     if setup == "rpc_error":
         chain.fail = 500
     second = post(stack, body, headers)
 
     assert first.status_code == 503
-    assert second.status_code == 503, reason
+    assert second.status_code == 503
     assert second.json()["error"]["code"] == "settlement_unconfirmed"
     assert claim_of(headers)["claimState"] == "pending"
     assert jobs_paid_by(payer) == []
-    assert chain.calls or setup == "rpc_error"
+    if setup != "rpc_error":
+        assert [method for method, _ in chain.calls][:3] == [
+            "eth_chainId",
+            "eth_getBlockByNumber",
+            "eth_call",
+        ]
 
 
 def test_settled_payment_without_job_is_resumed(stack, fake, monkeypatch):

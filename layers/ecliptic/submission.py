@@ -66,6 +66,7 @@ from ecliptic.storage import asset_object_key
 from ecliptic.uploads import check_upload_received, is_pending_upload
 from ecliptic.webhooks import check_callback_url
 from ecliptic.x402.facilitator import Settlement, facilitator_from_settings
+from ecliptic.x402.requirements import network_by_name
 from ecliptic.x402.response import payment_response_header
 from ecliptic.x402.verify import check_payment_window, verify_payment
 
@@ -389,7 +390,13 @@ class PaidSubmission:
             # An earlier settle of this payment may have moved the funds, and a rejection
             # now (e.g. "nonce already used") cannot tell. A 402 would make the client pay
             # twice, so only the token contract decides.
-            settlement = self._settlement_on_chain(error)
+            try:
+                settlement = self._settlement_on_chain(error)
+            except (PaymentRequired, PaymentPending):
+                raise
+            except Exception:
+                self._mark_pending(transaction=None, reason="internal_error")
+                raise
         except Exception:
             # An unexpected failure may have come after the settle request was sent.
             self._mark_pending(transaction=None, reason="internal_error")
@@ -417,13 +424,15 @@ class PaidSubmission:
     def _settlement_on_chain(self, error: PaymentRequired | ServiceUnavailable) -> Settlement:
         """Decide a payment whose second settle failed after an unknown outcome, on chain.
 
-        Returns the settlement when a transfer used the authorization. Releases the claim
-        and raises a 402 when the authorization expired unused, so nothing was charged.
-        Otherwise, or without `chain_rpc_url`, the claim stays pending and the request gets
-        a 503, so that the client retries later.
+        Returns the settlement when a transfer that used the authorization paid the
+        service. Releases the claim and raises a 402 when the authorization expired
+        unused or was cancelled, since nothing was charged then. Otherwise, or without
+        `chain_rpc_url`, the claim stays pending and the request gets a 503, so that the
+        client retries later.
         """
         found = self._read_chain()
-        if found is not None and found.used and found.transaction:
+        outcome = found.outcome if found is not None else "not read"
+        if found is not None and found.outcome == "paid" and found.transaction:
             logger.warning(
                 "settlement found on chain after an unknown outcome",
                 extra={**self._ids, "transaction": found.transaction},
@@ -435,23 +444,22 @@ class PaidSubmission:
                 payer=self.payment.payer,
                 amount=self.payment.value,
             )
-        if found is not None and not found.used and _unix_now() > self.payment.valid_before:
-            released = self.jobs.release_claim(
-                self.payment.payer, self.payment.nonce, lease_id=self.lease_id
-            )
-            if released:
-                logger.warning("authorization expired unused; claim released", extra=self._ids)
-                raise PaymentRequired(
-                    "The earlier settlement of this payment did not go through, and its "
-                    "authorization has expired unused, so nothing was charged. Sign a new "
-                    "payment and send the request again.",
-                    code="expired",
-                ) from error
+        if outcome in ("expired", "cancelled") and self.jobs.release_claim(
+            self.payment.payer, self.payment.nonce, lease_id=self.lease_id
+        ):
+            logger.warning("authorization %s on chain; claim released", outcome, extra=self._ids)
+            fate = "expired unused" if outcome == "expired" else "was cancelled by the payer"
+            raise PaymentRequired(
+                f"The earlier settlement of this payment did not go through, and its "
+                f"authorization {fate}, so nothing was charged. Sign a new payment and send "
+                f"the request again.",
+                code=outcome,
+            ) from error
 
         self._mark_pending(transaction=None, reason=error.code)
         logger.error(
             "settle again after an unknown outcome failed",
-            extra={**self._ids, "reason": error.code, "on_chain": _describe(found)},
+            extra={**self._ids, "reason": error.code, "on_chain": outcome},
         )
         raise PaymentPending(
             f"An earlier settlement of this payment was not confirmed, and settling it "
@@ -465,15 +473,22 @@ class PaidSubmission:
         """Read the authorization from the token contract; None when that is not possible."""
         if not self.settings.chain_rpc_url:
             return None
-        from ecliptic.x402.chain import ChainReader, ChainReadFailed
+        from ecliptic.x402.chain import ChainReader, ChainReadFailed, PaymentTerms
 
-        claim = self._read_claim()
-        since = _claimed_at(claim) or time.time() - self.settings.payment_window_seconds
-        reader = ChainReader(self.settings.chain_rpc_url)
+        terms = PaymentTerms(
+            asset=self.settings.payment_asset,
+            chain_id=network_by_name(self.settings.payment_network).chain_id,
+            payer=self.payment.payer,
+            pay_to=self.settings.pay_to,
+            price=int(self.payment.value),
+            nonce=self.payment.nonce,
+            valid_after=self.payment.valid_after,
+            valid_before=self.payment.valid_before,
+        )
+        claimed_at = _claimed_at(self._read_claim())
+        since = claimed_at if claimed_at is not None else time.time()
         try:
-            return reader.authorization(
-                self.settings.payment_asset, self.payment.payer, self.payment.nonce, since=since
-            )
+            return ChainReader(self.settings.chain_rpc_url).authorization(terms, since=since)
         except ChainReadFailed as exc:
             logger.error("chain read failed: %s", exc, extra=self._ids)
             return None
@@ -567,23 +582,11 @@ class PaidSubmission:
         )
 
 
-def _unix_now() -> float:
-    return time.time()
-
-
 def _claimed_at(claim: dict[str, Any]) -> float | None:
     try:
         return datetime.fromisoformat(str(claim["claimedAt"])).timestamp()
     except (KeyError, ValueError):
         return None
-
-
-def _describe(found: AuthorizationOnChain | None) -> str:
-    if found is None:
-        return "not read"
-    if not found.used:
-        return "unused"
-    return "used, no transfer event found (cancelled, or older than the search)"
 
 
 def _lease_expired(claim: dict[str, Any]) -> bool:

@@ -4,21 +4,27 @@ The guard needs this in one case only: an earlier settle of a payment ended with
 outcome, and settling it again was rejected. The facilitator cannot tell whether the first
 settle moved the funds, but the token contract can:
 
-- `authorizationState(authorizer, nonce)` is true once the authorization was used or
-  cancelled, and stays false while it can still be used;
-- an `AuthorizationUsed(authorizer, nonce)` event marks the transfer that used it, and its
-  transaction hash is the settlement's.
+- an `AuthorizationUsed(authorizer, nonce)` event marks the transaction that used the
+  nonce. The nonce is unique per payer, not per signed message, so a payer could sign a
+  second authorization with the same nonce to somebody else. The payment counts only when
+  the same transaction moved at least the price from the payer to the service: the
+  `Transfer` event right after `AuthorizationUsed`, as FiatToken emits them;
+- an `AuthorizationCanceled(authorizer, nonce)` event means no transfer can ever use it;
+- `authorizationState(authorizer, nonce)` stays false while the nonce is unused. Read at a
+  block whose timestamp is past `validBefore`, false means it can never be used.
 
-The signed authorization fixes the recipient and the amount, and the guard checked both
-before settling, so a transfer that used it paid this service the price.
+Every read names the block it is about, and the chain id is checked first, so a node of
+another network, or one that lags, cannot make an unused answer look final.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import requests
 
@@ -32,15 +38,22 @@ READ_TIMEOUT_SECONDS = 5.0
 # call before the reads takes at most about 13 s.
 BUDGET_SECONDS = 8.0
 # Blocks per eth_getLogs request. RPC providers limit the block range of one request, so
-# the search moves back this many blocks at a time.
+# the search moves through the range this many blocks at a time.
 LOG_QUERY_BLOCKS = 1000
-# Blocks searched at most, newest first: 20,000 blocks of 2 s on Base are about 11 hours.
-MAX_LOG_BLOCKS = 20_000
-# The search starts this long before the payment was claimed, for clock differences.
-CLOCK_MARGIN_SECONDS = 120
+# Slack around the times that bound the search and the expiry, for clock differences
+# between the API, the payer and the chain, and for short reorganisations.
+MARGIN_SECONDS = 120
+# Blocks that the average block time is measured over.
+BLOCK_TIME_SAMPLE = 1000
 
 AUTHORIZATION_STATE_SELECTOR = keccak256(b"authorizationState(address,bytes32)")[:4]
 AUTHORIZATION_USED_TOPIC = "0x" + keccak256(b"AuthorizationUsed(address,bytes32)").hex()
+AUTHORIZATION_CANCELED_TOPIC = "0x" + keccak256(b"AuthorizationCanceled(address,bytes32)").hex()
+TRANSFER_TOPIC = "0x" + keccak256(b"Transfer(address,address,uint256)").hex()
+
+_TRANSACTION_HASH = re.compile(r"^0x[0-9a-fA-F]{64}$")
+
+Outcome = Literal["paid", "unused", "expired", "cancelled", "undecided"]
 
 
 class ChainReadFailed(Exception):
@@ -48,16 +61,34 @@ class ChainReadFailed(Exception):
 
 
 @dataclass(frozen=True)
-class AuthorizationOnChain:
-    """What the token contract says about one authorization."""
+class PaymentTerms:
+    """What a transfer must have done to count as this payment."""
 
-    used: bool
-    # The transaction that used it, when an AuthorizationUsed event was found.
+    asset: str
+    chain_id: int
+    payer: str
+    pay_to: str
+    price: int
+    nonce: str
+    valid_after: int
+    valid_before: int
+
+
+@dataclass(frozen=True)
+class AuthorizationOnChain:
+    """What the token contract says about one authorization.
+
+    `outcome` is `paid` (with `transaction`), `expired` (unused, and the chain is past
+    `validBefore`), `cancelled`, `unused` (it may still be used) or `undecided` (used,
+    but not by a transfer that paid the service, or the event was not found).
+    """
+
+    outcome: Outcome
     transaction: str | None = None
 
 
 class ChainReader:
-    """A JSON-RPC client for the two reads above.
+    """A JSON-RPC client for the reads above.
 
     The endpoint URL often carries an API key, so it is never logged.
     """
@@ -75,63 +106,105 @@ class ChainReader:
         self._session = session or requests.Session()
         self._ids = 0
 
-    def authorization(
-        self, asset: str, authorizer: str, nonce: str, *, since: float
-    ) -> AuthorizationOnChain:
-        """Return whether `nonce` of `authorizer` was used, and by which transaction.
+    def authorization(self, terms: PaymentTerms, *, since: float) -> AuthorizationOnChain:
+        """Find out what became of the authorization in `terms`.
 
         Parameters
         ----------
-        asset, authorizer, nonce
-            The token contract, the payer and the authorization nonce, as 0x hex.
         since
-            Unix time before which no transfer can have happened (when the payment was
-            claimed). Events are searched from about then, newest blocks first.
+            Unix time from which the transfer may have happened, about when the payment
+            was claimed. Events are searched from then to `validBefore`.
 
         Raises
         ------
         ChainReadFailed
-            When a read fails or the reads take longer than the budget; nothing can be
-            concluded then.
+            When a read fails, the endpoint serves another chain, or the reads take
+            longer than the budget; nothing can be concluded then.
         """
         self._deadline = time.monotonic() + self._budget
-        if not self._authorization_state(asset, authorizer, nonce):
-            return AuthorizationOnChain(used=False)
-        return AuthorizationOnChain(
-            used=True, transaction=self._find_use(asset, authorizer, nonce, since)
-        )
+        chain_id = _hex_int(self._call("eth_chainId", []), "chain id")
+        if chain_id != terms.chain_id:
+            raise ChainReadFailed(f"the endpoint serves chain {chain_id}, not {terms.chain_id}")
+
+        latest = self._block(None)
+        if not self._authorization_state(terms, latest["number"]):
+            if latest["timestamp"] >= terms.valid_before + MARGIN_SECONDS:
+                return AuthorizationOnChain("expired")
+            return AuthorizationOnChain("unused")
+
+        event = self._find_event(terms, latest, since)
+        if event is None:
+            return AuthorizationOnChain("undecided")
+        if event["topics"][0].lower() == AUTHORIZATION_CANCELED_TOPIC:
+            return AuthorizationOnChain("cancelled")
+        transaction = event.get("transactionHash")
+        if not isinstance(transaction, str) or not _TRANSACTION_HASH.match(transaction):
+            raise ChainReadFailed("the event's transaction hash is malformed")
+        if self._paid(terms, transaction.lower(), event):
+            return AuthorizationOnChain("paid", transaction.lower())
+        logger.error(
+            "authorization %s of %s was used without paying the service",
+            terms.nonce, terms.payer,
+        )  # fmt: skip
+        return AuthorizationOnChain("undecided", transaction.lower())
 
     # ----- reads --------------------------------------------------------------------------
 
-    def _authorization_state(self, asset: str, authorizer: str, nonce: str) -> bool:
-        data = AUTHORIZATION_STATE_SELECTOR + _word(authorizer) + _word(nonce)
-        result = self._call("eth_call", [{"to": asset, "data": "0x" + data.hex()}, "latest"])
-        word = _hex_bytes(result, "eth_call")
+    def _authorization_state(self, terms: PaymentTerms, block: int) -> bool:
+        data = AUTHORIZATION_STATE_SELECTOR + _word(terms.payer) + _word(terms.nonce)
+        call = {"to": terms.asset, "data": "0x" + data.hex()}
+        word = _hex_bytes(self._call("eth_call", [call, hex(block)]), "eth_call")
         if len(word) != 32:
             raise ChainReadFailed(f"eth_call returned {len(word)} bytes, expected 32")
         return int.from_bytes(word, "big") != 0
 
-    def _find_use(self, asset: str, authorizer: str, nonce: str, since: float) -> str | None:
-        """Search AuthorizationUsed events from the newest block back to about `since`."""
-        latest = self._block(None)
-        since_block = self._estimate_block(latest, since - CLOCK_MARGIN_SECONDS)
-        topics = [AUTHORIZATION_USED_TOPIC, "0x" + _word(authorizer).hex(), _topic(nonce)]
-        end = latest["number"]
-        searched = 0
-        while end >= since_block and searched < MAX_LOG_BLOCKS:
-            start = max(since_block, end - LOG_QUERY_BLOCKS + 1)
-            query = {"address": asset, "topics": topics}
-            query |= {"fromBlock": hex(start), "toBlock": hex(end)}
+    def _find_event(
+        self, terms: PaymentTerms, latest: dict[str, int], since: float
+    ) -> dict[str, Any] | None:
+        """Return the AuthorizationUsed or AuthorizationCanceled event of the nonce."""
+        first = max(float(terms.valid_after), since - MARGIN_SECONDS)
+        start = self._block_before(latest, first)
+        end = min(latest["number"], self._block_after(latest, terms.valid_before + MARGIN_SECONDS))
+        topics = [
+            [AUTHORIZATION_USED_TOPIC, AUTHORIZATION_CANCELED_TOPIC],
+            _topic(terms.payer),
+            _topic(terms.nonce),
+        ]
+        while start <= end:
+            stop = min(end, start + LOG_QUERY_BLOCKS - 1)
+            query = {"address": terms.asset, "topics": topics}
+            query |= {"fromBlock": hex(start), "toBlock": hex(stop)}
             logs = self._call("eth_getLogs", [query])
             if not isinstance(logs, list):
                 raise ChainReadFailed("eth_getLogs returned no list")
             for entry in logs:
-                transaction = entry.get("transactionHash") if isinstance(entry, dict) else None
-                if isinstance(transaction, str) and transaction.startswith("0x"):
-                    return transaction.lower()
-            searched += end - start + 1
-            end = start - 1
+                if isinstance(entry, dict) and isinstance(entry.get("topics"), list):
+                    return entry
+            start = stop + 1
         return None
+
+    def _paid(self, terms: PaymentTerms, transaction: str, event: dict[str, Any]) -> bool:
+        """Check that the Transfer after the event moved the price from payer to service."""
+        receipt = self._call("eth_getTransactionReceipt", [transaction])
+        if not isinstance(receipt, dict) or not isinstance(receipt.get("logs"), list):
+            raise ChainReadFailed("eth_getTransactionReceipt returned no receipt")
+        if _hex_int(receipt.get("status"), "receipt status") != 1:
+            return False
+        index = _hex_int(event.get("logIndex"), "log index")
+        expected = [TRANSFER_TOPIC, _topic(terms.payer), _topic(terms.pay_to)]
+        for entry in receipt["logs"]:
+            if not isinstance(entry, dict):
+                continue
+            if _hex_int(entry.get("logIndex"), "log index") != index + 1:
+                continue
+            topics = [str(topic).lower() for topic in entry.get("topics", [])]
+            if str(entry.get("address", "")).lower() != terms.asset.lower():
+                return False
+            if topics[:3] != expected:
+                return False
+            value = int.from_bytes(_hex_bytes(entry.get("data"), "Transfer data"), "big")
+            return value >= terms.price
+        return False
 
     def _block(self, number: int | None) -> dict[str, int]:
         tag = "latest" if number is None else hex(number)
@@ -143,18 +216,38 @@ class ChainReader:
             "timestamp": _hex_int(block.get("timestamp"), "block timestamp"),
         }
 
-    def _estimate_block(self, latest: dict[str, int], moment: float) -> int:
-        """Return a block number at or before `moment`, from the average block time."""
+    def _block_seconds(self, latest: dict[str, int]) -> float:
+        back = min(latest["number"], BLOCK_TIME_SAMPLE)
+        if back == 0:
+            return 1.0
+        older = self._block(latest["number"] - back)
+        return max(0.001, (latest["timestamp"] - older["timestamp"]) / back)
+
+    def _block_before(self, latest: dict[str, int], moment: float) -> int:
+        """Return a block number whose timestamp is at or before `moment`."""
         if moment >= latest["timestamp"]:
             return latest["number"]
-        back = min(latest["number"], MAX_LOG_BLOCKS)
-        older = self._block(latest["number"] - back) if back else latest
-        seconds = latest["timestamp"] - older["timestamp"]
-        if back == 0 or seconds <= 0:
-            return max(0, latest["number"] - MAX_LOG_BLOCKS)
-        block_seconds = seconds / back
-        blocks = int((latest["timestamp"] - moment) / block_seconds) + 1
-        return max(0, latest["number"] - blocks)
+        seconds = self._block_seconds(latest)
+        guess = latest["number"] - math.ceil((latest["timestamp"] - moment) / seconds)
+        while guess > 0:
+            block = self._block(guess)
+            if block["timestamp"] <= moment:
+                return guess
+            guess -= math.ceil((block["timestamp"] - moment) / seconds) + 1
+        return 0
+
+    def _block_after(self, latest: dict[str, int], moment: float) -> int:
+        """Return a block number whose timestamp is at or after `moment` (or the latest)."""
+        if moment >= latest["timestamp"]:
+            return latest["number"]
+        seconds = self._block_seconds(latest)
+        guess = latest["number"] - math.floor((latest["timestamp"] - moment) / seconds)
+        while guess < latest["number"]:
+            block = self._block(guess)
+            if block["timestamp"] >= moment:
+                return guess
+            guess += math.ceil((moment - block["timestamp"]) / seconds) + 1
+        return latest["number"]
 
     def _call(self, method: str, params: list[Any]) -> Any:
         self._ids += 1
@@ -180,8 +273,8 @@ class ChainReader:
             raise ChainReadFailed(f"{method}: the response is not a JSON-RPC object")
         if answer.get("error") is not None:
             error = answer["error"]
-            message = error.get("message") if isinstance(error, dict) else error
-            raise ChainReadFailed(f"{method}: {str(message)[:200]}")
+            code = error.get("code") if isinstance(error, dict) else None
+            raise ChainReadFailed(f"{method}: JSON-RPC error {code}")
         if "result" not in answer:
             raise ChainReadFailed(f"{method}: the response has no result")
         logger.debug("%s returned in %.3f s", method, time.monotonic() - started)
@@ -196,17 +289,18 @@ def _word(value: str) -> bytes:
     return raw.rjust(32, b"\0")
 
 
-def _topic(nonce: str) -> str:
-    return "0x" + _word(nonce).hex()
+def _topic(value: str) -> str:
+    """Return an indexed address or bytes32 event argument as its lower-case topic."""
+    return "0x" + _word(value).hex()
 
 
 def _hex_bytes(value: Any, source: str) -> bytes:
     if not isinstance(value, str) or not value.startswith("0x"):
-        raise ChainReadFailed(f"{source} returned {value!r:.80}, expected 0x hex")
+        raise ChainReadFailed(f"{source} is {value!r:.80}, expected 0x hex")
     try:
         return bytes.fromhex(value[2:])
     except ValueError as exc:
-        raise ChainReadFailed(f"{source} returned invalid hex") from exc
+        raise ChainReadFailed(f"{source} is invalid hex") from exc
 
 
 def _hex_int(value: Any, field: str) -> int:
