@@ -104,12 +104,13 @@ def connections(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
 class FakeChain:
     """A JSON-RPC endpoint on 127.0.0.1 that plays a token contract's EIP-3009 state.
 
-    It answers `eth_chainId`, `eth_getBlockByNumber`, `eth_call` for `authorizationState`
-    (at the block asked for), `eth_getLogs` for the authorization events and
-    `eth_getTransactionReceipt`. Blocks come every 2 s, and the newest one has the
-    timestamp `now`. `use` and `cancel` put an authorization's event in a block. `fail`
-    makes every call answer with that HTTP status, or with a JSON-RPC error when it is
-    200. `delay_seconds` delays every answer.
+    It serves `eth_chainId`, `eth_getBlockByNumber` (`latest`, `finalized` or a number),
+    `eth_call` for `authorizationState` at the block asked for, `eth_getLogs` for the
+    authorization events and `eth_getTransactionReceipt`. Blocks come every 2 s, the newest
+    has the timestamp `now`, and the finalized one is `finality_blocks` behind it. `use` and
+    `cancel` put an authorization's event in a block. `fail` makes every call answer with
+    that HTTP status, or with a JSON-RPC error when it is 200. `delay_seconds` delays every
+    answer.
     """
 
     latest = 30_000_000
@@ -121,7 +122,8 @@ class FakeChain:
         self.asset = asset.lower()
         self.chain_id = chain_id
         self.now = int(time.time())
-        # (authorizer, nonce) -> the event: its block, transaction, and transfer or None
+        self.finality_blocks = 0
+        # (authorizer, nonce) -> its event: block, transaction and receipt logs
         self.events: dict[tuple[str, str], dict[str, Any]] = {}
         self.fail: int | None = None
         self.delay_seconds = 0.0
@@ -146,6 +148,34 @@ class FakeChain:
     def block_at(self, moment: float) -> int:
         return self.latest - int((self.now - moment) // self.block_seconds)
 
+    # ----- events and their logs ------------------------------------------------------
+
+    @staticmethod
+    def topic(value: str) -> str:
+        return "0x" + value.lower()[2:].rjust(64, "0")
+
+    def authorization_log(
+        self, authorizer: str, nonce: str, index: int, *, cancelled: bool = False
+    ) -> dict[str, Any]:
+        from ecliptic.x402.chain import AUTHORIZATION_CANCELED_TOPIC, AUTHORIZATION_USED_TOPIC
+
+        kind = AUTHORIZATION_CANCELED_TOPIC if cancelled else AUTHORIZATION_USED_TOPIC
+        return {
+            "address": self.asset,
+            "topics": [kind, self.topic(authorizer), nonce.lower()],
+            "logIndex": hex(index),
+        }
+
+    def transfer_log(self, sender: str, to: str, value: int, index: int) -> dict[str, Any]:
+        from ecliptic.x402.chain import TRANSFER_TOPIC
+
+        return {
+            "address": self.asset,
+            "topics": [TRANSFER_TOPIC, self.topic(sender), self.topic(to)],
+            "data": "0x" + value.to_bytes(32, "big").hex(),
+            "logIndex": hex(index),
+        }
+
     def use(
         self,
         authorizer: str,
@@ -155,93 +185,82 @@ class FakeChain:
         transaction: str,
         to: str,
         value: int,
+        logs: list[dict[str, Any]] | None = None,
     ) -> None:
-        """Record a transferWithAuthorization of `value` to `to` in `block`."""
+        """Record a transferWithAuthorization of `value` to `to` in `block`.
+
+        `logs` replaces the receipt's logs, which are otherwise the AuthorizationUsed and
+        the Transfer at log indexes 3 and 4.
+        """
+        if logs is None:
+            logs = [
+                self.authorization_log(authorizer, nonce, 3),
+                self.transfer_log(authorizer, to, value, 4),
+            ]
         self.events[(authorizer.lower(), nonce.lower())] = {
             "block": block,
             "transaction": transaction,
-            "transfer": (to.lower(), value),
-            "status": 1,
+            "logs": logs,
         }
 
     def cancel(self, authorizer: str, nonce: str, *, block: int) -> None:
         self.events[(authorizer.lower(), nonce.lower())] = {
             "block": block,
             "transaction": "0x" + "cc" * 32,
-            "transfer": None,
-            "status": 1,
+            "logs": [self.authorization_log(authorizer, nonce, 0, cancelled=True)],
         }
 
+    # ----- JSON-RPC -----------------------------------------------------------------
+
     def answer(self, method: str, params: list[Any]) -> Any:
-        from ecliptic.x402.chain import (
-            AUTHORIZATION_CANCELED_TOPIC,
-            AUTHORIZATION_USED_TOPIC,
-            TRANSFER_TOPIC,
-        )
-
-        def topic(value: str) -> str:
-            return "0x" + value[2:].rjust(64, "0")
-
-        def event_log(authorizer: str, nonce: str, event: dict[str, Any]) -> dict[str, Any]:
-            kind = AUTHORIZATION_USED_TOPIC if event["transfer"] else AUTHORIZATION_CANCELED_TOPIC
-            return {
-                "address": self.asset,
-                "topics": [kind, topic(authorizer), nonce],
-                "transactionHash": event["transaction"],
-                "blockNumber": hex(event["block"]),
-                "logIndex": "0x3",
-            }
-
         self.calls.append((method, params))
         if method == "eth_chainId":
             return hex(self.chain_id)
         if method == "eth_getBlockByNumber":
-            number = self.latest if params[0] == "latest" else int(params[0], 16)
+            tag = params[0]
+            if tag == "latest":
+                number = self.latest
+            elif tag == "finalized":
+                number = self.latest - self.finality_blocks
+            else:
+                number = int(tag, 16)
             return {"number": hex(number), "timestamp": hex(self.block_time(number))}
         if method == "eth_call":
             call, block = params
             data = bytes.fromhex(call["data"][2:])
-            key = ("0x" + data[16:36].hex(), "0x" + data[36:68].hex())
-            event = self.events.get(key)
+            event = self.events.get(("0x" + data[16:36].hex(), "0x" + data[36:68].hex()))
             used = (
                 call["to"].lower() == self.asset
                 and event is not None
-                and event["status"] == 1
                 and event["block"] <= int(block, 16)
             )
             return "0x" + int(used).to_bytes(32, "big").hex()
         if method == "eth_getLogs":
             query = params[0]
             start, end = int(query["fromBlock"], 16), int(query["toBlock"], 16)
-            kinds, authorizer_topic, nonce_topic = query["topics"]
-            logs = []
-            for (authorizer, nonce), event in self.events.items():
-                entry = event_log(authorizer, nonce, event)
-                if (
-                    event["status"] == 1
-                    and query["address"].lower() == self.asset
-                    and entry["topics"][0] in kinds
-                    and entry["topics"][1:] == [authorizer_topic, nonce_topic]
-                    and start <= event["block"] <= end
-                ):
-                    logs.append(entry)
-            return logs
-        if method == "eth_getTransactionReceipt":
-            for (authorizer, nonce), event in self.events.items():
-                if event["transaction"] != params[0]:
+            kinds, *wanted = query["topics"]
+            found = []
+            for event in self.events.values():
+                if not start <= event["block"] <= end:
                     continue
-                logs = [event_log(authorizer, nonce, event)]
-                if event["transfer"]:
-                    to, value = event["transfer"]
-                    logs.append(
-                        {
-                            "address": self.asset,
-                            "topics": [TRANSFER_TOPIC, topic(authorizer), topic(to)],
-                            "data": "0x" + value.to_bytes(32, "big").hex(),
-                            "logIndex": "0x4",
-                        }
-                    )
-                return {"status": hex(event["status"]), "logs": logs}
+                for entry in event["logs"]:
+                    if (
+                        query["address"].lower() == entry["address"]
+                        and entry["topics"][0] in kinds
+                        and entry["topics"][1:3] == wanted
+                    ):
+                        found.append(
+                            {
+                                **entry,
+                                "transactionHash": event["transaction"],
+                                "blockNumber": hex(event["block"]),
+                            }
+                        )
+            return found
+        if method == "eth_getTransactionReceipt":
+            for event in self.events.values():
+                if event["transaction"] == params[0]:
+                    return {"status": "0x1", "logs": event["logs"]}
             return None
         raise AssertionError(f"unexpected JSON-RPC method {method}")
 

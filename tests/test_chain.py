@@ -163,6 +163,109 @@ def test_wide_range_is_paged(chain: FakeChain) -> None:
         assert earlier[1] + 1 == later[0]
 
 
+def test_transfer_above_price_pays(chain: FakeChain) -> None:
+    terms = _terms(chain)
+    block = chain.block_at(chain.now - 4)
+    chain.use(PAYER, terms.nonce, block=block, transaction=TRANSACTION, to=PAY_TO, value=10**6)
+
+    assert _read(chain, terms).outcome == "paid"
+
+
+def test_transfer_of_other_token_does_not_pay(chain: FakeChain) -> None:
+    """The Transfer after the event must come from the payment's token contract."""
+    terms = _terms(chain)
+    other_token = chain.transfer_log(PAYER, PAY_TO, PRICE, 4) | {"address": "0x" + "0d" * 20}
+    logs = [chain.authorization_log(PAYER, terms.nonce, 3), other_token]
+    block = chain.block_at(chain.now - 4)
+    chain.use(
+        PAYER, terms.nonce, block=block, transaction=TRANSACTION, to=PAY_TO, value=PRICE,
+        logs=logs,
+    )  # fmt: skip
+
+    assert _read(chain, terms).outcome == "undecided"
+
+
+def test_batch_counts_only_the_nonce_transfer(chain: FakeChain) -> None:
+    """In a transaction with two authorizations, the one after this nonce's event counts."""
+    terms = _terms(chain)
+    other_nonce = "0x" + secrets.token_hex(32)
+    logs = [
+        chain.authorization_log(PAYER, terms.nonce, 0),
+        chain.transfer_log(PAYER, "0x" + "99" * 20, PRICE, 1),
+        chain.authorization_log(PAYER, other_nonce, 2),
+        chain.transfer_log(PAYER, PAY_TO, PRICE, 3),
+    ]
+    block = chain.block_at(chain.now - 4)
+    chain.use(
+        PAYER, terms.nonce, block=block, transaction=TRANSACTION, to=PAY_TO, value=PRICE,
+        logs=logs,
+    )  # fmt: skip
+
+    assert _read(chain, terms).outcome == "undecided"
+
+
+def test_batch_finds_the_nonce_event_anywhere(chain: FakeChain) -> None:
+    """The nonce's event need not be the first log of the transaction."""
+    terms = _terms(chain)
+    other_payer = "0x" + "cd" * 20
+    logs = [
+        chain.authorization_log(other_payer, "0x" + secrets.token_hex(32), 0),
+        chain.transfer_log(other_payer, PAY_TO, PRICE, 1),
+        chain.authorization_log(PAYER, terms.nonce, 2),
+        chain.transfer_log(PAYER, PAY_TO, PRICE, 3),
+    ]
+    block = chain.block_at(chain.now - 4)
+    chain.use(
+        PAYER, terms.nonce, block=block, transaction=TRANSACTION, to=PAY_TO, value=PRICE,
+        logs=logs,
+    )  # fmt: skip
+
+    assert _read(chain, terms).outcome == "paid"
+
+
+def test_search_starts_a_margin_before_the_claim(chain: FakeChain) -> None:
+    """A transfer shortly before the recorded claim time is still found."""
+    terms = _terms(chain, claimed_ago=300)
+    block = chain.block_at(chain.now - 300 - MARGIN_SECONDS // 2)
+    chain.use(PAYER, terms.nonce, block=block, transaction=TRANSACTION, to=PAY_TO, value=PRICE)
+
+    assert _read(chain, terms, claimed_ago=300).outcome == "paid"
+
+
+def test_search_ends_a_margin_after_valid_before(chain: FakeChain) -> None:
+    """A use recorded long after validBefore is outside the window: nothing is concluded."""
+    terms = _terms(chain, claimed_ago=3600)
+    late = chain.block_at(terms.valid_before + 3 * MARGIN_SECONDS)
+    chain.use(PAYER, terms.nonce, block=late, transaction=TRANSACTION, to=PAY_TO, value=PRICE)
+
+    found = _read(chain, terms, claimed_ago=3600)
+
+    assert found.outcome == "undecided"
+    window_end = chain.block_at(terms.valid_before + MARGIN_SECONDS)
+    used_queries = [
+        params[0]
+        for method, params in chain.calls
+        if method == "eth_getLogs" and AUTHORIZATION_USED_TOPIC in params[0]["topics"][0]
+    ]
+    assert max(int(query["toBlock"], 16) for query in used_queries) <= window_end + 1
+
+
+def test_cancelled_after_expiry(chain: FakeChain) -> None:
+    """A cancellation after validBefore is found beyond the transfer window."""
+    terms = _terms(chain, claimed_ago=3600)
+    chain.cancel(PAYER, terms.nonce, block=chain.latest - 5)
+
+    assert _read(chain, terms, claimed_ago=3600).outcome == "cancelled"
+
+
+def test_expiry_needs_a_finalized_block(chain: FakeChain) -> None:
+    """Unused at the newest block is not final while the finalized block is too early."""
+    terms = _terms(chain, claimed_ago=600)
+    chain.finality_blocks = (chain.now - terms.valid_before) // chain.block_seconds
+
+    assert _read(chain, terms, claimed_ago=600).outcome == "unused"
+
+
 def test_other_chain_is_rejected(chain: FakeChain) -> None:
     """An endpoint of another network cannot declare a Base payment expired."""
     chain.chain_id = 84532

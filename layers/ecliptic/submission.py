@@ -486,12 +486,16 @@ class PaidSubmission:
             valid_before=self.payment.valid_before,
         )
         claimed_at = _claimed_at(self._read_claim())
-        since = claimed_at if claimed_at is not None else time.time()
+        if claimed_at is None:
+            claimed_at = self.payment.valid_before - self.settings.payment_window_seconds
         try:
-            return ChainReader(self.settings.chain_rpc_url).authorization(terms, since=since)
+            return ChainReader(self.settings.chain_rpc_url).authorization(terms, since=claimed_at)
         except ChainReadFailed as exc:
             logger.error("chain read failed: %s", exc, extra=self._ids)
-            return None
+        except Exception:
+            # A malformed answer that the reader did not foresee: decide nothing.
+            logger.exception("chain read failed unexpectedly", extra=self._ids)
+        return None
 
     def _start_job(self, settlement: Settlement) -> Submission:
         job = self.draft.job(settlement)

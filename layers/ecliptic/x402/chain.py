@@ -6,15 +6,18 @@ settle moved the funds, but the token contract can:
 
 - an `AuthorizationUsed(authorizer, nonce)` event marks the transaction that used the
   nonce. The nonce is unique per payer, not per signed message, so a payer could sign a
-  second authorization with the same nonce to somebody else. The payment counts only when
+  second authorization with the same nonce that pays another address. The payment counts only when
   the same transaction moved at least the price from the payer to the service: the
-  `Transfer` event right after `AuthorizationUsed`, as FiatToken emits them;
-- an `AuthorizationCanceled(authorizer, nonce)` event means no transfer can ever use it;
+  `Transfer` event right after that `AuthorizationUsed` in the receipt, as FiatToken
+  emits them;
+- an `AuthorizationCanceled(authorizer, nonce)` event means no transfer can ever use it. A
+  payer may cancel at any time, even after `validBefore`;
 - `authorizationState(authorizer, nonce)` stays false while the nonce is unused. Read at a
-  block whose timestamp is past `validBefore`, false means it can never be used.
+  finalized block whose timestamp is past `validBefore`, false means it can never be used.
 
-Every read names the block it is about, and the chain id is checked first, so a node of
-another network, or one that lags, cannot make an unused answer look final.
+The chain id is checked first, and every state read names its block, so a node of another
+network, or one that lags or sits on a short-lived fork, cannot make an unused answer look
+final.
 """
 
 from __future__ import annotations
@@ -34,9 +37,9 @@ logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_SECONDS = 3.05
 READ_TIMEOUT_SECONDS = 5.0
-# All reads for one authorization. The API function times out after 29 s, and a settle
-# call before the reads takes at most about 13 s.
-BUDGET_SECONDS = 8.0
+# All reads for one authorization. The API function times out after 29 s. Before the reads
+# a request may wait up to 8 s for a concurrent one and then settle for up to about 13 s.
+BUDGET_SECONDS = 5.0
 # Blocks per eth_getLogs request. RPC providers limit the block range of one request, so
 # the search moves through the range this many blocks at a time.
 LOG_QUERY_BLOCKS = 1000
@@ -57,12 +60,12 @@ Outcome = Literal["paid", "unused", "expired", "cancelled", "undecided"]
 
 
 class ChainReadFailed(Exception):
-    """The RPC endpoint did not answer, or answered with an error or a malformed result."""
+    """The RPC endpoint did not respond, or returned an error or a malformed result."""
 
 
 @dataclass(frozen=True)
 class PaymentTerms:
-    """What a transfer must have done to count as this payment."""
+    """The payment a transfer must have made: token, chain, parties, price and nonce."""
 
     asset: str
     chain_id: int
@@ -76,7 +79,7 @@ class PaymentTerms:
 
 @dataclass(frozen=True)
 class AuthorizationOnChain:
-    """What the token contract says about one authorization.
+    """The state of one authorization on the token contract.
 
     `outcome` is `paid` (with `transaction`), `expired` (unused, and the chain is past
     `validBefore`), `cancelled`, `unused` (it may still be used) or `undecided` (used,
@@ -113,7 +116,8 @@ class ChainReader:
         ----------
         since
             Unix time from which the transfer may have happened, about when the payment
-            was claimed. Events are searched from then to `validBefore`.
+            was claimed. Events are searched from then (less a margin) to `validBefore`
+            (plus a margin), and cancellations up to the newest block.
 
         Raises
         ------
@@ -126,21 +130,32 @@ class ChainReader:
         if chain_id != terms.chain_id:
             raise ChainReadFailed(f"the endpoint serves chain {chain_id}, not {terms.chain_id}")
 
-        latest = self._block(None)
+        latest = self._block("latest")
         if not self._authorization_state(terms, latest["number"]):
-            if latest["timestamp"] >= terms.valid_before + MARGIN_SECONDS:
+            # Only a final block can show that the authorization can no longer be used.
+            final = self._block("finalized")
+            expired = final["timestamp"] >= terms.valid_before + MARGIN_SECONDS
+            if expired and not self._authorization_state(terms, final["number"]):
                 return AuthorizationOnChain("expired")
             return AuthorizationOnChain("unused")
 
-        event = self._find_event(terms, latest, since)
+        window_end = self._block_after(latest, terms.valid_before + MARGIN_SECONDS)
+        first = max(float(terms.valid_after), since - MARGIN_SECONDS)
+        both = [AUTHORIZATION_USED_TOPIC, AUTHORIZATION_CANCELED_TOPIC]
+        event = self._find_event(terms, both, self._block_before(latest, first), window_end)
+        if event is None:
+            # After validBefore only a cancellation can use the nonce, at any later time.
+            event = self._find_event(
+                terms, [AUTHORIZATION_CANCELED_TOPIC], window_end + 1, latest["number"]
+            )
         if event is None:
             return AuthorizationOnChain("undecided")
-        if event["topics"][0].lower() == AUTHORIZATION_CANCELED_TOPIC:
+        if _log_topics(event)[0] == AUTHORIZATION_CANCELED_TOPIC:
             return AuthorizationOnChain("cancelled")
         transaction = event.get("transactionHash")
         if not isinstance(transaction, str) or not _TRANSACTION_HASH.match(transaction):
             raise ChainReadFailed("the event's transaction hash is malformed")
-        if self._paid(terms, transaction.lower(), event):
+        if self._paid(terms, transaction.lower()):
             return AuthorizationOnChain("paid", transaction.lower())
         logger.error(
             "authorization %s of %s was used without paying the service",
@@ -159,17 +174,10 @@ class ChainReader:
         return int.from_bytes(word, "big") != 0
 
     def _find_event(
-        self, terms: PaymentTerms, latest: dict[str, int], since: float
+        self, terms: PaymentTerms, kinds: list[str], start: int, end: int
     ) -> dict[str, Any] | None:
-        """Return the AuthorizationUsed or AuthorizationCanceled event of the nonce."""
-        first = max(float(terms.valid_after), since - MARGIN_SECONDS)
-        start = self._block_before(latest, first)
-        end = min(latest["number"], self._block_after(latest, terms.valid_before + MARGIN_SECONDS))
-        topics = [
-            [AUTHORIZATION_USED_TOPIC, AUTHORIZATION_CANCELED_TOPIC],
-            _topic(terms.payer),
-            _topic(terms.nonce),
-        ]
+        """Return the first event of `kinds` for the nonce in blocks `start` to `end`."""
+        topics = [kinds, _topic(terms.payer), _topic(terms.nonce)]
         while start <= end:
             stop = min(end, start + LOG_QUERY_BLOCKS - 1)
             query = {"address": terms.asset, "topics": topics}
@@ -178,36 +186,39 @@ class ChainReader:
             if not isinstance(logs, list):
                 raise ChainReadFailed("eth_getLogs returned no list")
             for entry in logs:
-                if isinstance(entry, dict) and isinstance(entry.get("topics"), list):
+                topics = _log_topics(entry)
+                if topics and topics[0] in kinds:
                     return entry
             start = stop + 1
         return None
 
-    def _paid(self, terms: PaymentTerms, transaction: str, event: dict[str, Any]) -> bool:
-        """Check that the Transfer after the event moved the price from payer to service."""
+    def _paid(self, terms: PaymentTerms, transaction: str) -> bool:
+        """Check that the transaction's Transfer after the nonce's AuthorizationUsed moved at
+        least the price from the payer to the service."""
         receipt = self._call("eth_getTransactionReceipt", [transaction])
         if not isinstance(receipt, dict) or not isinstance(receipt.get("logs"), list):
             raise ChainReadFailed("eth_getTransactionReceipt returned no receipt")
         if _hex_int(receipt.get("status"), "receipt status") != 1:
             return False
-        index = _hex_int(event.get("logIndex"), "log index")
-        expected = [TRANSFER_TOPIC, _topic(terms.payer), _topic(terms.pay_to)]
-        for entry in receipt["logs"]:
-            if not isinstance(entry, dict):
+
+        used = [AUTHORIZATION_USED_TOPIC, _topic(terms.payer), _topic(terms.nonce)]
+        transfer = [TRANSFER_TOPIC, _topic(terms.payer), _topic(terms.pay_to)]
+        logs = sorted(
+            (entry for entry in receipt["logs"] if isinstance(entry, dict)),
+            key=lambda entry: _hex_int(entry.get("logIndex"), "log index"),
+        )
+        for position, entry in enumerate(logs[:-1]):
+            if not (_from_asset(entry, terms) and _log_topics(entry) == used):
                 continue
-            if _hex_int(entry.get("logIndex"), "log index") != index + 1:
-                continue
-            topics = [str(topic).lower() for topic in entry.get("topics", [])]
-            if str(entry.get("address", "")).lower() != terms.asset.lower():
+            following = logs[position + 1]
+            if not (_from_asset(following, terms) and _log_topics(following)[:3] == transfer):
                 return False
-            if topics[:3] != expected:
-                return False
-            value = int.from_bytes(_hex_bytes(entry.get("data"), "Transfer data"), "big")
+            value = int.from_bytes(_hex_bytes(following.get("data"), "Transfer data"), "big")
             return value >= terms.price
         return False
 
-    def _block(self, number: int | None) -> dict[str, int]:
-        tag = "latest" if number is None else hex(number)
+    def _block(self, number: int | str) -> dict[str, int]:
+        tag = number if isinstance(number, str) else hex(number)
         block = self._call("eth_getBlockByNumber", [tag, False])
         if not isinstance(block, dict):
             raise ChainReadFailed(f"eth_getBlockByNumber({tag}) returned no block")
@@ -256,7 +267,12 @@ class ChainReader:
         remaining = self._deadline - started
         if remaining <= 0:
             raise ChainReadFailed(f"{method}: the {self._budget:g} s budget for reads ran out")
-        timeout = (min(CONNECT_TIMEOUT_SECONDS, remaining), min(READ_TIMEOUT_SECONDS, remaining))
+
+        # Connecting and waiting for the response together stay within the time left.
+        timeout = (
+            min(CONNECT_TIMEOUT_SECONDS, remaining / 2),
+            min(READ_TIMEOUT_SECONDS, remaining / 2),
+        )
         try:
             response = self._session.post(
                 self._url, json=body, timeout=timeout, allow_redirects=False
@@ -265,6 +281,7 @@ class ChainReader:
             raise ChainReadFailed(f"{method}: {type(exc).__name__}") from exc
         if response.status_code != 200:
             raise ChainReadFailed(f"{method}: HTTP {response.status_code}")
+
         try:
             answer = response.json()
         except ValueError as exc:
@@ -287,6 +304,18 @@ def _word(value: str) -> bytes:
     if len(raw) > 32:
         raise ValueError(f"{value} is longer than 32 bytes")
     return raw.rjust(32, b"\0")
+
+
+def _log_topics(entry: Any) -> list[str]:
+    """Return a log entry's topics in lower case; an empty list for a malformed entry."""
+    topics = entry.get("topics") if isinstance(entry, dict) else None
+    if not isinstance(topics, list) or not all(isinstance(topic, str) for topic in topics):
+        return []
+    return [topic.lower() for topic in topics]
+
+
+def _from_asset(entry: dict[str, Any], terms: PaymentTerms) -> bool:
+    return str(entry.get("address", "")).lower() == terms.asset.lower()
 
 
 def _topic(value: str) -> str:
