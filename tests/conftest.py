@@ -125,6 +125,8 @@ class FakeChain:
         self.finality_blocks = 0
         # (authorizer, nonce) -> its event: block, transaction and receipt logs
         self.events: dict[tuple[str, str], dict[str, Any]] = {}
+        # Logs that every eth_getLogs call returns first, whatever its filter.
+        self.extra_logs: list[dict[str, Any]] = []
         self.fail: int | None = None
         self.delay_seconds = 0.0
         self.calls: list[tuple[str, list[Any]]] = []
@@ -239,7 +241,7 @@ class FakeChain:
             query = params[0]
             start, end = int(query["fromBlock"], 16), int(query["toBlock"], 16)
             kinds, *wanted = query["topics"]
-            found = []
+            found = list(self.extra_logs)
             for event in self.events.values():
                 if not start <= event["block"] <= end:
                     continue

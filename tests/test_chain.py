@@ -266,6 +266,16 @@ def test_expiry_needs_a_finalized_block(chain: FakeChain) -> None:
     assert _read(chain, terms, claimed_ago=600).outcome == "unused"
 
 
+def test_unrelated_log_keeps_the_filter(chain: FakeChain) -> None:
+    """A log of another kind on one page does not change the next page's query."""
+    terms = _terms(chain, claimed_ago=3600, window=3000)
+    chain.extra_logs = [{"address": ASSET, "topics": [TRANSFER_TOPIC], "logIndex": "0x0"}]
+    block = chain.block_at(chain.now - 3600 + 2900)
+    chain.use(PAYER, terms.nonce, block=block, transaction=TRANSACTION, to=PAY_TO, value=PRICE)
+
+    assert _read(chain, terms, claimed_ago=3600).outcome == "paid"
+
+
 def test_other_chain_is_rejected(chain: FakeChain) -> None:
     """An endpoint of another network cannot declare a Base payment expired."""
     chain.chain_id = 84532

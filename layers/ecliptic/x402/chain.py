@@ -186,8 +186,8 @@ class ChainReader:
             if not isinstance(logs, list):
                 raise ChainReadFailed("eth_getLogs returned no list")
             for entry in logs:
-                topics = _log_topics(entry)
-                if topics and topics[0] in kinds:
+                entry_topics = _log_topics(entry)
+                if entry_topics and entry_topics[0] in kinds:
                     return entry
             start = stop + 1
         return None
