@@ -162,7 +162,7 @@ class MediaInfo(BaseModel):
     pix_fmt: str | None = None
     color_transfer: str | None = None
     color_primaries: str | None = None
-    # The YUV matrix (av_color_space_name); None when the file does not say.
+    # The YUV matrix (av_color_space_name), or None when the file has no matrix tag.
     color_space: str | None = None
     sample_rate: int | None = None
     channels: int | None = None

@@ -432,7 +432,7 @@ class PaidSubmission:
         """
         found = self._read_chain()
         outcome = found.outcome if found is not None else "not read"
-        if found is not None and found.outcome == "paid" and found.transaction:
+        if found is not None and outcome == "paid" and found.transaction:
             logger.warning(
                 "settlement found on chain after an unknown outcome",
                 extra={**self._ids, "transaction": found.transaction},
@@ -493,7 +493,7 @@ class PaidSubmission:
         except ChainReadFailed as exc:
             logger.error("chain read failed: %s", exc, extra=self._ids)
         except Exception:
-            # A malformed answer that the reader did not foresee: decide nothing.
+            # A malformed result that the reader did not foresee, so nothing is decided.
             logger.exception("chain read failed unexpectedly", extra=self._ids)
         return None
 

@@ -16,7 +16,7 @@ settle moved the funds, but the token contract can:
   finalized block whose timestamp is past `validBefore`, false means it can never be used.
 
 The chain id is checked first, and every state read names its block, so a node of another
-network, or one that lags or sits on a short-lived fork, cannot make an unused answer look
+network, or one that lags or sits on a short-lived fork, cannot make an unused state look
 final.
 """
 
@@ -106,6 +106,7 @@ class ChainReader:
         self._url = url
         self._budget = budget_seconds
         self._deadline = 0.0
+        self._seconds_per_block: float | None = None
         self._session = session or requests.Session()
         self._ids = 0
 
@@ -126,6 +127,7 @@ class ChainReader:
             longer than the budget; nothing can be concluded then.
         """
         self._deadline = time.monotonic() + self._budget
+        self._seconds_per_block = None
         chain_id = _hex_int(self._call("eth_chainId", []), "chain id")
         if chain_id != terms.chain_id:
             raise ChainReadFailed(f"the endpoint serves chain {chain_id}, not {terms.chain_id}")
@@ -228,11 +230,15 @@ class ChainReader:
         }
 
     def _block_seconds(self, latest: dict[str, int]) -> float:
-        back = min(latest["number"], BLOCK_TIME_SAMPLE)
-        if back == 0:
-            return 1.0
-        older = self._block(latest["number"] - back)
-        return max(0.001, (latest["timestamp"] - older["timestamp"]) / back)
+        """Return the average block time, read once per lookup."""
+        if self._seconds_per_block is None:
+            back = min(latest["number"], BLOCK_TIME_SAMPLE)
+            seconds = 1.0
+            if back:
+                older = self._block(latest["number"] - back)
+                seconds = max(0.001, (latest["timestamp"] - older["timestamp"]) / back)
+            self._seconds_per_block = seconds
+        return self._seconds_per_block
 
     def _block_before(self, latest: dict[str, int], moment: float) -> int:
         """Return a block number whose timestamp is at or before `moment`."""
