@@ -108,9 +108,9 @@ class FakeChain:
     `eth_call` for `authorizationState` at the block asked for, `eth_getLogs` for the
     authorization events and `eth_getTransactionReceipt`. Blocks come every 2 s, the newest
     has the timestamp `now`, and the finalized one is `finality_blocks` behind it. `use` and
-    `cancel` put an authorization's event in a block. `fail` makes every call answer with
-    that HTTP status, or with a JSON-RPC error when it is 200. `delay_seconds` delays every
-    answer.
+    `cancel` put an authorization's event in a block. `fail` makes every call return
+    that HTTP status, or a JSON-RPC error when it is 200. `delay_seconds` delays every
+    response.
     """
 
     latest = 30_000_000
@@ -214,7 +214,8 @@ class FakeChain:
 
     # ----- JSON-RPC -----------------------------------------------------------------
 
-    def answer(self, method: str, params: list[Any]) -> Any:
+    def result(self, method: str, params: list[Any]) -> Any:
+        """Return the JSON-RPC result of one call, and record the call."""
         self.calls.append((method, params))
         if method == "eth_chainId":
             return hex(self.chain_id)
@@ -282,7 +283,7 @@ class FakeChain:
                 elif fake.fail:
                     body = {"error": "unavailable"}
                 else:
-                    result = fake.answer(request["method"], request["params"])
+                    result = fake.result(request["method"], request["params"])
                     body = {"jsonrpc": "2.0", "id": request["id"], "result": result}
                 raw = json.dumps(body).encode()
                 try:

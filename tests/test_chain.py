@@ -50,6 +50,15 @@ def _terms(chain: FakeChain, *, claimed_ago: int = 10, window: int = 60) -> Paym
     )
 
 
+def _log_ranges(chain: FakeChain) -> list[tuple[int, int]]:
+    """Return the (fromBlock, toBlock) of each eth_getLogs call, in call order."""
+    return [
+        (int(params[0]["fromBlock"], 16), int(params[0]["toBlock"], 16))
+        for method, params in chain.calls
+        if method == "eth_getLogs"
+    ]
+
+
 def _read(chain: FakeChain, terms: PaymentTerms, claimed_ago: int = 10):
     return ChainReader(chain.url).authorization(terms, since=chain.now - claimed_ago)
 
@@ -132,11 +141,7 @@ def test_old_claim_searches_its_own_blocks(chain: FakeChain) -> None:
     found = _read(chain, terms, claimed_ago=two_days)
 
     assert found.outcome == "paid"
-    ranges = [
-        (int(params[0]["fromBlock"], 16), int(params[0]["toBlock"], 16))
-        for method, params in chain.calls
-        if method == "eth_getLogs"
-    ]
+    ranges = _log_ranges(chain)
     assert len(ranges) == 1
     start, end = ranges[0]
     assert start <= block <= end
@@ -152,11 +157,7 @@ def test_wide_range_is_paged(chain: FakeChain) -> None:
     found = _read(chain, terms, claimed_ago=3600)
 
     assert found.outcome == "paid"
-    ranges = [
-        (int(params[0]["fromBlock"], 16), int(params[0]["toBlock"], 16))
-        for method, params in chain.calls
-        if method == "eth_getLogs"
-    ]
+    ranges = _log_ranges(chain)
     assert len(ranges) >= 2
     assert all(end - start + 1 <= LOG_QUERY_BLOCKS for start, end in ranges)
     for earlier, later in zip(ranges, ranges[1:], strict=False):

@@ -693,31 +693,56 @@ def chain() -> Iterator[FakeChain]:
         yield fake_chain
 
 
-def test_unconfirmed_settlement_found_on_chain(stack, fake, chain):
-    """The chain shows the transfer that paid for the authorization: the retry gets the job."""
+@dataclasses.dataclass
+class UnconfirmedPayment:
+    """A payment whose settle failed with an unknown outcome: its body, headers and ids."""
+
+    body: dict[str, Any]
+    headers: dict[str, str]
+    payer: str
+    nonce: str
+    valid_before: int
+
+
+def unconfirmed_payment(
+    stack: LocalStack, fake: FakeFacilitator, username: str
+) -> UnconfirmedPayment:
+    """Send a paid request whose settle fails with HTTP 500.
+
+    The retry's settle then gets "nonce already used", so only the chain can decide it.
+    """
     fake.reset(settle=["error", "nonce_used"])
-    body = montage_body(fake, username="found-on-chain")
+    body = montage_body(fake, username=username)
     headers = sdk_payment(stack, body, 2)
     payer, nonce = payment_of(headers)
-    transaction = "0x" + "c4" * 32
+    authorization = decode_json_header(headers["PAYMENT-SIGNATURE"])["payload"]["authorization"]
 
     first = post(stack, body, headers)
+
+    assert first.status_code == 503
+    return UnconfirmedPayment(body, headers, payer, nonce, int(authorization["validBefore"]))
+
+
+def test_unconfirmed_settlement_found_on_chain(stack, fake, chain):
+    """The chain shows the transfer that paid for the authorization: the retry gets the job."""
+    payment = unconfirmed_payment(stack, fake, "found-on-chain")
+    transaction = "0x" + "c4" * 32
+
     chain.use(
-        payer,
-        nonce,
+        payment.payer,
+        payment.nonce,
         block=chain.latest,
         transaction=transaction,
         to=SETTINGS.pay_to,
         value=SETTINGS.price_atomic,
     )
-    second = post(stack, body, headers)
+    second = post(stack, payment.body, payment.headers)
 
-    assert first.status_code == 503
     assert second.status_code == 202, second.text
-    (job,) = jobs_paid_by(payer)
+    (job,) = jobs_paid_by(payment.payer)
     assert job["jobId"] == second.json()["jobId"]
     assert job["payment"]["transaction"] == transaction
-    assert claim_of(headers)["claimState"] == "job_written"
+    assert claim_of(payment.headers)["claimState"] == "job_written"
     assert executions_of(stack, job["jobId"]) == 1
     methods = [method for method, _ in chain.calls]
     assert methods[:3] == ["eth_chainId", "eth_getBlockByNumber", "eth_call"]
@@ -726,47 +751,36 @@ def test_unconfirmed_settlement_found_on_chain(stack, fake, chain):
 
 @pytest.mark.parametrize("outcome", ["expired", "cancelled"])
 def test_unused_authorization_released(stack, fake, chain, outcome):
-    """Expired unused, or cancelled, on chain: nothing was charged, so the answer is a 402."""
-    fake.reset(settle=["error", "nonce_used"])
-    body = montage_body(fake, username=f"released-{outcome}")
-    headers = sdk_payment(stack, body, 2)
-    payer, nonce = payment_of(headers)
-    authorization = decode_json_header(headers["PAYMENT-SIGNATURE"])["payload"]["authorization"]
+    """Expired unused, or cancelled, on chain: nothing was charged, so the request gets a 402."""
+    payment = unconfirmed_payment(stack, fake, f"released-{outcome}")
 
-    first = post(stack, body, headers)
     if outcome == "expired":
-        chain.now = int(authorization["validBefore"]) + MARGIN_SECONDS
+        chain.now = payment.valid_before + MARGIN_SECONDS
     else:
-        chain.cancel(payer, nonce, block=chain.latest)
-    second = post(stack, body, headers)
+        chain.cancel(payment.payer, payment.nonce, block=chain.latest)
+    second = post(stack, payment.body, payment.headers)
 
-    assert first.status_code == 503
     assert second.status_code == 402, second.text
     challenge = second.json()
     assert challenge["reason"] == outcome
     assert "nothing was charged" in challenge["error"]
     assert "PAYMENT-REQUIRED" in second.headers
-    assert claim_of(headers) is None
-    assert jobs_paid_by(payer) == []
+    assert claim_of(payment.headers) is None
+    assert jobs_paid_by(payment.payer) == []
 
 
 @pytest.mark.parametrize("setup", ["unused", "stale_node", "paid_elsewhere", "rpc_error"])
 def test_undecided_on_chain_stays_pending(stack, fake, chain, setup):
     """Without a paying transfer and without a final unused state the claim stays pending."""
-    fake.reset(settle=["error", "nonce_used"])
-    body = montage_body(fake, username=f"undecided-{setup}")
-    headers = sdk_payment(stack, body, 2)
-    payer, nonce = payment_of(headers)
-    authorization = decode_json_header(headers["PAYMENT-SIGNATURE"])["payload"]["authorization"]
+    payment = unconfirmed_payment(stack, fake, f"undecided-{setup}")
 
-    first = post(stack, body, headers)
     if setup == "stale_node":
-        # Past validBefore by the API's clock, but the node's newest block is not.
-        chain.now = int(authorization["validBefore"]) + MARGIN_SECONDS - 2
+        # The chain's newest block is 2 s short of validBefore plus the margin.
+        chain.now = payment.valid_before + MARGIN_SECONDS - 2
     if setup == "paid_elsewhere":
         chain.use(
-            payer,
-            nonce,
+            payment.payer,
+            payment.nonce,
             block=chain.latest,
             transaction="0x" + "e1" * 32,
             to=OTHER_RECIPIENT,
@@ -774,13 +788,12 @@ def test_undecided_on_chain_stays_pending(stack, fake, chain, setup):
         )
     if setup == "rpc_error":
         chain.fail = 500
-    second = post(stack, body, headers)
+    second = post(stack, payment.body, payment.headers)
 
-    assert first.status_code == 503
     assert second.status_code == 503
     assert second.json()["error"]["code"] == "settlement_unconfirmed"
-    assert claim_of(headers)["claimState"] == "pending"
-    assert jobs_paid_by(payer) == []
+    assert claim_of(payment.headers)["claimState"] == "pending"
+    assert jobs_paid_by(payment.payer) == []
     if setup != "rpc_error":
         assert [method for method, _ in chain.calls][:3] == [
             "eth_chainId",
